@@ -1,0 +1,205 @@
+"""``avatarctl``: drive a running avatard over its control socket.
+
+Exit codes: 0 ok, 1 the daemon refused (its message is printed), 2 usage error, 3 daemon not reachable.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import sys
+
+import click
+
+from avatard.paths import default_control_socket
+
+REPLY_TIMEOUT = 10.0  # a say/ask waits for room in the brain's queue; anything longer means a stuck daemon
+EXIT_REFUSED, EXIT_UNREACHABLE = 1, 3
+
+
+class Unreachable(click.ClickException):
+    exit_code = EXIT_UNREACHABLE
+
+
+class Refused(click.ClickException):
+    exit_code = EXIT_REFUSED
+
+
+class Connection:
+    """One JSON-lines conversation with the daemon."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(REPLY_TIMEOUT)
+        try:
+            self.sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise Unreachable(f"avatard is not running at {path}") from None
+        except PermissionError:
+            raise Unreachable(f"no permission to use {path} (are you in the avatard group?)") from None
+        self.reader = self.sock.makefile("rb")
+
+    def request(self, cmd: str, **fields) -> dict:
+        self.sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        return self.next_line()
+
+    def next_line(self) -> dict:
+        try:
+            line = self.reader.readline()
+        except socket.timeout:
+            raise Unreachable(f"avatard at {self.path} did not answer within {REPLY_TIMEOUT:.0f} s") from None
+        if not line:
+            raise Unreachable(f"avatard at {self.path} closed the connection")
+        return json.loads(line)
+
+
+class State:
+    def __init__(self, socket_path: str, as_json: bool) -> None:
+        self.socket_path = socket_path
+        self.as_json = as_json
+
+    def call(self, cmd: str, **fields) -> dict:
+        reply = Connection(self.socket_path).request(cmd, **fields)
+        if not reply.get("ok"):
+            raise Refused(reply.get("error", "refused"))
+        return reply
+
+    def show(self, reply: dict, text: str | None = None) -> None:
+        if self.as_json:
+            click.echo(json.dumps(reply))
+        elif text:
+            click.echo(text)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def _set_json(ctx: click.Context, param, value: bool) -> None:
+    if value:
+        ctx.find_object(State).as_json = True
+
+
+def command(group):
+    """A subcommand that also takes ``--json`` after its name (``avatarctl status --json``)."""
+    def decorate(func):
+        func = click.option("--json", "_json", is_flag=True, expose_value=False, callback=_set_json,
+                            help="Print machine-readable JSON.")(func)
+        return group.command()(func)
+    return decorate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", envvar="AVATARD_SOCKET", show_envvar=True,
+              help="Control socket of the daemon [default: as avatard's --control-socket].")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON, one object per line.")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
+    """Control a running avatard."""
+    ctx.obj = State(socket_path or default_control_socket(), as_json)
+
+
+@command(cli)
+@pass_state
+def status(state: State) -> None:
+    """Renderer, brain, uptime, clients, frame counters and last turn latency."""
+    reply = state.call("status")
+    if state.as_json:
+        state.show(reply)
+        return
+    latency = reply.get("last_latency")
+    lines = [
+        f"status:     {reply['status']}",
+        f"renderer:   {reply['renderer']} {reply['size']} @ {reply['fps']} fps",
+        f"brain:      {reply['brain']} ({reply['brain_state']})",
+        f"uptime:     {reply['uptime_s']} s",
+        f"frames:     {reply['frames_rendered']} rendered, {reply['frames_dropped']} dropped",
+        f"turns:      {reply['turns']}, interrupts: {reply['interrupts']}",
+        f"clients:    {reply['clients']}",
+        "latency:    " + (f"{latency['total_ms']} ms (input->audio {latency['input_to_audio_ms']} ms, "
+                          f"audio->frame {latency['audio_to_frame_ms']} ms)" if latency else "no turn yet"),
+    ]
+    if reply.get("server"):
+        lines.append(f"server:     {reply['server']}")
+    click.echo("\n".join(lines))
+
+
+@command(cli)
+@pass_state
+def interrupt(state: State) -> None:
+    """Stop the avatar speaking, everywhere, now."""
+    state.show(state.call("interrupt"), "interrupted")
+
+
+@command(cli)
+@click.argument("name")
+@pass_state
+def gesture(state: State, name: str) -> None:
+    """Play gesture NAME (see `avatarctl gestures`)."""
+    state.show(state.call("gesture", name=name), f"gesture {name}")
+
+
+@command(cli)
+@pass_state
+def gestures(state: State) -> None:
+    """List the gestures the renderer knows."""
+    reply = state.call("gestures")
+    state.show(reply, "\n".join(reply["gestures"]))
+
+
+@command(cli)
+@click.argument("text")
+@pass_state
+def say(state: State, text: str) -> None:
+    """Speak TEXT verbatim (no model turn)."""
+    state.show(state.call("say", text=text), "queued")
+
+
+@command(cli)
+@click.argument("text")
+@pass_state
+def ask(state: State, text: str) -> None:
+    """Send TEXT to the brain as a user turn."""
+    state.show(state.call("ask", text=text), "asked")
+
+
+@command(cli)
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+@pass_state
+def snapshot(state: State, path: str) -> None:
+    """Save the current avatar frame as a JPEG at PATH."""
+    reply = state.call("snapshot")
+    with open(path, "wb") as out:
+        out.write(base64.b64decode(reply.pop("jpeg")))
+    state.show(reply, f"frame {reply['index']} ({reply['width']}x{reply['height']}) -> {path}")
+
+
+EVENT_KINDS = ("status", "transcription", "gesture", "client", "latency", "error", "frame")
+
+
+@command(cli)
+@click.option("--events", "kinds", multiple=True, type=click.Choice(EVENT_KINDS),
+              help="Only these kinds (repeatable) [default: all but frame].")
+@pass_state
+def subscribe(state: State, kinds: tuple[str, ...]) -> None:
+    """Print events as JSON lines until Ctrl-C."""
+    conn = Connection(state.socket_path)
+    fields = {"events": list(kinds)} if kinds else {}
+    reply = conn.request("subscribe", **fields)
+    if not reply.get("ok"):
+        raise Refused(reply.get("error", "refused"))
+    conn.sock.settimeout(None)
+    try:
+        while True:
+            click.echo(json.dumps(conn.next_line()))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    except Unreachable as exc:
+        click.echo(f"avatarctl: {exc.message}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+
+
+def main() -> None:
+    cli.main(prog_name="avatarctl")

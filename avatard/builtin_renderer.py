@@ -1,0 +1,140 @@
+"""The built-in renderer: a drawn face lip-synced to the speech it is fed, and the daemon's clock.
+
+Shaped like bitHuman's ``AsyncBithuman`` so the two are interchangeable: ``push_audio`` 16 kHz int16,
+``flush`` at the end of a turn, ``interrupt``, ``gesture``, and ``run`` emitting frames. Each frame
+carries the image and exactly ``16000/fps`` samples of the audio that plays during it, so picture and
+sound are in sync by construction: the mouth of a frame is computed from that frame's own samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import trio
+
+from . import face
+from .animator import GESTURES, Animator
+from .events import FRAME_KIND, EventBus
+from .latency import LatencyMeter
+from .messages import Frame
+from .speech_buffer import SpeechBuffer
+
+logger = logging.getLogger("avatard.renderer")
+
+# If the clock falls further behind than this (a stalled CPU, a debugger), it skips ahead instead of
+# rushing out a burst of frames that would all be late anyway; skipped ticks are counted.
+MAX_LAG_FRAMES = 5
+# After this many frames with no speech and no flush, a turn is considered over (the brain stalled);
+# the avatar then reports "listening" again.
+IDLE_AFTER_FRAMES = 12
+
+
+class BuiltinRenderer:
+    name = "builtin"
+
+    def __init__(self, *, width: int, height: int, fps: int, events: EventBus, latency: LatencyMeter, seed: int = 0) -> None:
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self.samples_per_frame = 16000 // fps
+        self._events = events
+        self._latency = latency
+        self._animator = Animator(fps, seed=seed)
+        self._speech = SpeechBuffer()
+        self._flushed = True
+        self._quiet_frames = 0
+        self.speaking = False
+        self.frames_rendered = 0
+        self.frames_dropped = 0  # the fan-out did not take a frame in time
+        self.ticks_skipped = 0
+        self.last_frame: Frame | None = None
+
+    # -- the AsyncBithuman-shaped surface --------------------------------------------------------
+
+    @property
+    def gestures(self) -> list[str]:
+        return sorted(GESTURES)
+
+    @property
+    def generation(self) -> int:
+        return self._speech.generation
+
+    async def push_audio(self, samples: np.ndarray) -> bool:
+        """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it."""
+        self._flushed = False
+        return await self._speech.put(samples)
+
+    def flush(self) -> None:
+        """End of the turn: once the queued speech has played, the avatar goes back to listening."""
+        self._flushed = True
+
+    def interrupt(self) -> int:
+        """Stop speaking now: the next frame is silent. Returns the samples discarded."""
+        dropped = self._speech.clear()
+        self._animator.interrupt()
+        self._flushed = True
+        return dropped
+
+    def gesture(self, name: str) -> None:
+        """Start a gesture animation; raises ``UnknownGesture`` (a ValueError) listing the known ones."""
+        self._animator.start_gesture(name)
+
+    async def run(self, frames: trio.MemorySendChannel, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The clock: one frame every 1/fps seconds, forever; never waits for a consumer."""
+        period = 1.0 / self.fps
+        start = trio.current_time()
+        wall_offset = time.time() - start
+        tick = 0
+        task_status.started()
+        async with frames:
+            while True:
+                deadline = start + tick * period
+                await trio.sleep_until(deadline)
+                lag = trio.current_time() - deadline
+                if lag > MAX_LAG_FRAMES * period:
+                    skip = int(lag / period)
+                    self.ticks_skipped += skip
+                    tick += skip
+                    deadline = start + tick * period
+                    logger.warning("renderer fell %.0f ms behind; skipped %d ticks", lag * 1000, skip)
+                frame = self._render(tick, deadline + wall_offset)
+                tick += 1
+                try:
+                    frames.send_nowait(frame)
+                except trio.WouldBlock:
+                    # The fan-out is an in-process task that only copies references; if it is this far
+                    # behind, holding the clock would make every sink late. Drop and count instead.
+                    self.frames_dropped += 1
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _render(self, index: int, timestamp: float) -> Frame:
+        generation = self._speech.generation
+        audio, real = self._speech.take(self.samples_per_frame)
+        self._track_speaking(real)
+        pose = self._animator.next_pose(audio)
+        image = face.draw(pose, self.width, self.height)
+        frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,
+                      generation=generation, mouth=pose.mouth, gesture=pose.gesture)
+        self.frames_rendered += 1
+        self.last_frame = frame
+        if self._events.wants(FRAME_KIND):
+            rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+            self._events.publish(FRAME_KIND, index=index, pts=timestamp, rms=round(rms, 1), mouth=round(pose.mouth, 3),
+                                 speaking=self.speaking, gesture=pose.gesture, generation=generation)
+        return frame
+
+    def _track_speaking(self, real_samples: int) -> None:
+        if real_samples:
+            self._quiet_frames = 0
+            if not self.speaking:
+                self.speaking = True
+                self._latency.frame_out()
+                self._events.publish("status", status="speaking")
+            return
+        self._quiet_frames += 1
+        if self.speaking and (self._flushed or self._quiet_frames >= IDLE_AFTER_FRAMES):
+            self.speaking = False
+            self._events.publish("status", status="listening")

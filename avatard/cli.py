@@ -1,0 +1,132 @@
+"""``avatard``: parse flags, the environment and ``.env`` into a Config, then run the daemon.
+
+Precedence, highest first: command-line flag, environment variable, ``--env-file`` / ``./.env``, default.
+Any invalid value stops start-up with exit code 2 and one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import dotenv
+
+from .config import BRAINS, DEFAULT_GEMINI_MODEL, DEFAULT_INSTRUCTIONS, LOG_FORMATS, LOG_LEVELS, RENDERERS, Config, parse_size
+from .errors import AvatardError, ConfigError
+from .paths import default_control_socket
+
+# (flag, environment variables, click options). The seed's table names the first environment
+# variables; every other flag gets an AVATARD_* variable so the whole config can live in a .env file.
+OPTIONS = [
+    ("--model", ["BITHUMAN_MODEL_PATH"], dict(help="Path to the bitHuman avatar model (.imx).")),
+    ("--api-secret", ["BITHUMAN_API_SECRET"], dict(help="bitHuman API secret (never logged).")),
+    ("--gemini-api-key", ["GOOGLE_API_KEY", "GEMINI_API_KEY"], dict(help="Google AI API key; enables the Gemini brain (never logged).")),
+    ("--agent-id", ["BITHUMAN_AGENT_ID"], dict(help="bitHuman agent id, for its gestures (dynamics).")),
+    ("--gemini-model", ["AVATARD_GEMINI_MODEL"], dict(default=DEFAULT_GEMINI_MODEL, show_default=True, help="Gemini Live model (any string is accepted).")),
+    ("--gemini-voice", ["AVATARD_GEMINI_VOICE"], dict(default="Puck", show_default=True, help="Gemini prebuilt voice, e.g. Puck, Charon, Kore, Fenrir, Aoede.")),
+    ("--instructions", ["AVATARD_INSTRUCTIONS"], dict(default=DEFAULT_INSTRUCTIONS, help="System instructions for Gemini.")),
+    ("--audio-file", ["BITHUMAN_AUDIO_PATH"], dict(help="Audio file to use as the user's voice.")),
+    ("--server", ["AVATARD_SERVER"], dict(is_flag=True, help="Serve the avatar over HTTP + WebSocket.")),
+    ("--host", ["AVATARD_HOST"], dict(default="0.0.0.0", show_default=True, help="Server host.")),
+    ("--port", ["AVATARD_PORT"], dict(type=int, default=8765, show_default=True, help="Server port (HTTP page and WebSocket).")),
+    ("--local-display", ["AVATARD_LOCAL_DISPLAY"], dict(is_flag=True, help="Also show the local window in server mode.")),
+    ("--renderer", ["AVATARD_RENDERER"], dict(type=click.Choice(RENDERERS), default="auto", show_default=True,
+                                             help="auto = bithuman when --model and --api-secret are set, else builtin.")),
+    ("--brain", ["AVATARD_BRAIN"], dict(type=click.Choice(BRAINS), default="auto", show_default=True,
+                                       help="auto = gemini when a Google key is set, else local (offline voice + echo).")),
+    ("--control-socket", ["AVATARD_SOCKET"], dict(help="Control socket path [default: $RUNTIME_DIRECTORY/avatard.sock, "
+                                                        "else $XDG_RUNTIME_DIR/avatard.sock, else /tmp/avatard-$UID.sock].")),
+    ("--size", ["AVATARD_SIZE"], dict(default="512x512", show_default=True, help="Built-in avatar frame size, WIDTHxHEIGHT.")),
+    ("--fps", ["AVATARD_FPS"], dict(type=int, default=25, show_default=True, help="Frames per second (must divide 16000).")),
+    ("--jpeg-quality", ["AVATARD_JPEG_QUALITY"], dict(type=int, default=80, show_default=True, help="JPEG quality of streamed frames.")),
+    ("--max-clients", ["AVATARD_MAX_CLIENTS"], dict(type=int, default=10, show_default=True, help="WebSocket clients at once; more are refused (1013).")),
+    ("--token", ["AVATARD_TOKEN"], dict(help="Require this token from WebSocket clients (?token=...); never logged.")),
+    ("--allow-origin", ["AVATARD_ALLOW_ORIGIN"], dict(multiple=True, help="Allowed Origin for browsers (repeatable; default: any).")),
+    ("--log-level", ["AVATARD_LOG_LEVEL"], dict(type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="Log level.")),
+    ("--log-format", ["AVATARD_LOG_FORMAT"], dict(type=click.Choice(LOG_FORMATS), default="text", show_default=True, help="Log format.")),
+]
+SECRET_PARAMS = {"api_secret", "gemini_api_key", "token"}
+
+
+def _decorate(func):
+    for flag, envvars, kwargs in reversed(OPTIONS):
+        func = click.option(flag, envvar=envvars, show_envvar=True, **kwargs)(func)
+    return func
+
+
+def _apply_env_file(ctx: click.Context, params: dict, path: str | None) -> None:
+    """Fill parameters still at their default from a .env file (precedence: below flags and environment)."""
+    if path is None:
+        if not os.path.isfile(".env"):
+            return
+        path = ".env"
+    elif not os.path.isfile(path):
+        raise ConfigError(f"--env-file: file not found: {path}")
+    values = dotenv.dotenv_values(path)
+    for param in ctx.command.params:
+        if param.name not in params or ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT:
+            continue
+        for var in param.envvar or ():
+            if values.get(var) is not None:
+                try:
+                    params[param.name] = param.type_cast_value(ctx, values[var] if not param.multiple else values[var].split())
+                except click.BadParameter as exc:
+                    raise ConfigError(f"{param.opts[0]}: {values[var] if param.name not in SECRET_PARAMS else '***'} "
+                                      f"from {path} ({var}): {exc.message}") from None
+                break
+
+
+def build_config(params: dict) -> Config:
+    width, height = parse_size(params.pop("size"))
+    params["control_socket"] = params["control_socket"] or default_control_socket()
+    params["allow_origin"] = tuple(params["allow_origin"])
+    return Config(width=width, height=height, **params)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@_decorate
+@click.option("--env-file", type=click.Path(dir_okay=False), help="Read settings from this file [default: ./.env if present].")
+@click.version_option(package_name="avatard")
+@click.pass_context
+def command(ctx: click.Context, env_file: str | None, **params) -> None:
+    """avatard: a talking-avatar daemon (Gemini Live voice, lip-synced avatar, browser and local output).
+
+    With no keys it runs on its embedded default: a built-in drawn avatar and an offline voice.
+    """
+    _apply_env_file(ctx, params, env_file)
+    config = build_config(params)
+    from . import logs
+    logs.setup(config.log_level, config.log_format)
+    import trio
+    from . import app
+    trio.run(app.run, config)
+
+
+def _deliberate(exc: BaseException) -> AvatardError | None:
+    """The AvatardError inside a (possibly nested) exception group from the root nursery, if any."""
+    if isinstance(exc, AvatardError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _deliberate(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        command.main(args=argv, prog_name="avatard", standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"avatard: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        error = _deliberate(exc)
+        if error is None:
+            raise
+        click.echo(f"avatard: error: {error}", err=True)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

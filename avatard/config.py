@@ -1,0 +1,137 @@
+"""The daemon's configuration: one frozen attrs class, validated once at start-up.
+
+Parsing flags, the environment and ``.env`` files is the CLI's job (``avatard.cli``); this module only
+says what a valid configuration is. Every check raises :class:`ConfigError` with a message that names
+the flag, so start-up fails with one readable line.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+from .errors import ConfigError
+
+# Prebuilt voices of the Live API (the 30 HD voices of the native-audio models; the seed's five are among them).
+GEMINI_VOICES = (
+    "Achernar", "Achird", "Algenib", "Algieba", "Alnilam", "Aoede", "Autonoe", "Callirrhoe", "Charon",
+    "Despina", "Enceladus", "Erinome", "Fenrir", "Gacrux", "Iapetus", "Kore", "Laomedeia", "Leda", "Orus",
+    "Puck", "Pulcherrima", "Rasalgethi", "Sadachbia", "Sadaltager", "Schedar", "Sulafat", "Umbriel",
+    "Vindemiatrix", "Zephyr", "Zubenelgenubi",
+)
+# The seed's default, gemini-2.0-flash-exp, has been retired by Google; this is a current Live model.
+DEFAULT_GEMINI_MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
+DEFAULT_INSTRUCTIONS = "You are a friendly assistant. Keep your answers short and conversational."
+RENDERERS = ("auto", "builtin", "bithuman")
+BRAINS = ("auto", "gemini", "local")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+# Frame sizes beyond this are not an avatar on an edge box; the limit keeps a typo from allocating gigabytes.
+MAX_FRAME_SIDE = 4096
+# 16 kHz audio must split into whole samples per frame: fps must divide 16000.
+AUDIO_RATE = 16000
+MAX_FPS = 60
+
+
+def _path_exists(flag: str):
+    def check(instance, attribute, value):
+        if value is not None and not os.path.isfile(value):
+            raise ConfigError(f"{flag}: file not found: {value}")
+    return check
+
+
+def _one_of(flag: str, choices):
+    def check(instance, attribute, value):
+        if value not in choices:
+            raise ConfigError(f"{flag}: {value!r} is not one of {', '.join(choices)}")
+    return check
+
+
+def _in_range(flag: str, low: int, high: int):
+    def check(instance, attribute, value):
+        if not low <= value <= high:
+            raise ConfigError(f"{flag}: {value} is not in {low}..{high}")
+    return check
+
+
+def _fps_divides_rate(instance, attribute, value):
+    if not 1 <= value <= MAX_FPS or AUDIO_RATE % value:
+        raise ConfigError(f"--fps: {value} must be between 1 and {MAX_FPS} and divide {AUDIO_RATE} (e.g. 25, 20, 32)")
+
+
+def _voice(instance, attribute, value):
+    if value not in GEMINI_VOICES:
+        raise ConfigError(f"--gemini-voice: unknown voice {value!r}; known: {', '.join(GEMINI_VOICES)}")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x512"`` -> ``(512, 512)``; raises ConfigError naming ``--size``."""
+    try:
+        w, h = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size: {text!r} is not WIDTHxHEIGHT (e.g. 512x512)") from None
+    for side in (w, h):
+        if not 16 <= side <= MAX_FRAME_SIDE or side % 2:
+            raise ConfigError(f"--size: {text!r}: sides must be even and in 16..{MAX_FRAME_SIDE}")
+    return w, h
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything avatard needs to start. Secrets are excluded from ``repr`` so they never reach a log."""
+
+    # The seed's table.
+    model: str | None = attrs.field(default=None, validator=_path_exists("--model"))
+    api_secret: str | None = attrs.field(default=None, repr=False)
+    gemini_api_key: str | None = attrs.field(default=None, repr=False)
+    agent_id: str | None = None
+    gemini_model: str = DEFAULT_GEMINI_MODEL
+    gemini_voice: str = attrs.field(default="Puck", validator=_voice)
+    instructions: str = DEFAULT_INSTRUCTIONS
+    audio_file: str | None = attrs.field(default=None, validator=_path_exists("--audio-file"))
+    server: bool = False
+    host: str = "0.0.0.0"
+    port: int = attrs.field(default=8765, validator=_in_range("--port", 0, 65535))
+    local_display: bool = False
+    # Added by avatard.
+    renderer: str = attrs.field(default="auto", validator=_one_of("--renderer", RENDERERS))
+    brain: str = attrs.field(default="auto", validator=_one_of("--brain", BRAINS))
+    control_socket: str = ""
+    width: int = 512
+    height: int = 512
+    fps: int = attrs.field(default=25, validator=_fps_divides_rate)
+    log_level: str = attrs.field(default="info", validator=_one_of("--log-level", LOG_LEVELS))
+    log_format: str = attrs.field(default="text", validator=_one_of("--log-format", LOG_FORMATS))
+    jpeg_quality: int = attrs.field(default=80, validator=_in_range("--jpeg-quality", 10, 100))
+    max_clients: int = attrs.field(default=10, validator=_in_range("--max-clients", 1, 1000))
+    token: str | None = attrs.field(default=None, repr=False)
+    allow_origin: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.renderer == "bithuman" and not (self.model and self.api_secret):
+            raise ConfigError("--renderer: bithuman needs --model and --api-secret (or BITHUMAN_MODEL_PATH and BITHUMAN_API_SECRET)")
+        if self.model is not None and not self.model.endswith(".imx"):
+            raise ConfigError(f"--model: {self.model} is not a bitHuman .imx model")
+        if self.brain == "gemini" and not self.gemini_api_key:
+            raise ConfigError("--brain: gemini needs --gemini-api-key (or GOOGLE_API_KEY / GEMINI_API_KEY)")
+        if self.audio_file is not None and not os.access(self.audio_file, os.R_OK):
+            raise ConfigError(f"--audio-file: cannot read {self.audio_file}")
+
+    @property
+    def renderer_kind(self) -> str:
+        """The renderer actually used: ``auto`` picks bitHuman when a model and a secret are set."""
+        if self.renderer != "auto":
+            return self.renderer
+        return "bithuman" if self.model and self.api_secret else "builtin"
+
+    @property
+    def brain_kind(self) -> str:
+        """The brain actually used: ``auto`` picks Gemini when a Google key is set."""
+        if self.brain != "auto":
+            return self.brain
+        return "gemini" if self.gemini_api_key else "local"
+
+    @property
+    def samples_per_frame(self) -> int:
+        return AUDIO_RATE // self.fps

@@ -1,0 +1,108 @@
+"""The offline brain: no keys, no network. It speaks text with espeak-ng and echoes what it hears.
+
+- ``SayText``: spoken verbatim.
+- ``UserText``: a user turn, answered by speaking it back.
+- ``UserAudio``: fed to an energy end-of-utterance detector; each finished utterance is played back
+  (the avatar repeats you in your own voice), after the speaker pauses.
+
+Transcription events are emitted for both roles, as the Gemini brain does, so clients and tests see
+the same event stream whichever brain runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import trio
+
+from . import tts
+from .audio import RATE
+from .events import EventBus
+from .latency import LatencyMeter
+from .messages import SayText, UserAudio, UserText
+from .vad import EndOfUtterance
+
+logger = logging.getLogger("avatard.brain.local")
+
+# Utterances waiting to be spoken. User turns must not be lost, so when full the input loop waits
+# (backpressure to the sources); 8 covers a burst of typed turns.
+UTTERANCE_QUEUE = 8
+# Speech is handed to the renderer in slices so an interrupt never waits behind a long sentence.
+PUSH_SLICE = RATE // 5
+
+
+class LocalBrain:
+    name = "local"
+
+    def __init__(self, *, renderer, events: EventBus, latency: LatencyMeter) -> None:
+        self._renderer = renderer
+        self._events = events
+        self._latency = latency
+        self._vad = EndOfUtterance()
+        self._send, self._receive = trio.open_memory_channel(UTTERANCE_QUEUE)
+        self._speaking_scope: trio.CancelScope | None = None
+        self.state = "connected"
+        self.turns = 0
+
+    def interrupt(self) -> None:
+        """Drop every queued utterance and cut the one being spoken."""
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+        if self._speaking_scope is not None:
+            self._speaking_scope.cancel()
+
+    async def run(self, inputs: trio.MemoryReceiveChannel, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._speaker)
+            self._events.publish("status", status="brain_connected", brain=self.name)
+            task_status.started()
+            async with inputs:
+                async for message in inputs:
+                    await self._handle(message)
+            nursery.cancel_scope.cancel()
+
+    async def _handle(self, message) -> None:
+        if isinstance(message, SayText):
+            await self._send.send(("say", message.text))
+        elif isinstance(message, UserText):
+            self.turns += 1
+            self._latency.user_input_ended()
+            self._events.publish("transcription", role="user", text=message.text, is_final=True)
+            self._events.publish("status", status="thinking")
+            await self._send.send(("say", message.text))
+        elif isinstance(message, UserAudio):
+            for utterance in self._vad.feed(message.samples):
+                self.turns += 1
+                self._latency.user_input_ended()
+                seconds = len(utterance) / RATE
+                self._events.publish("transcription", role="user", text=f"[{seconds:.1f} s of speech]", is_final=True)
+                self._events.publish("status", status="thinking")
+                await self._send.send(("echo", utterance))
+        else:
+            raise TypeError(f"local brain got {type(message).__name__}")
+
+    async def _speaker(self) -> None:
+        async for kind, payload in self._receive:
+            with trio.CancelScope() as scope:
+                self._speaking_scope = scope
+                if kind == "say":
+                    samples = await trio.to_thread.run_sync(tts.synthesize, payload)
+                    text = payload
+                else:
+                    samples = payload
+                    text = f"[echo of {len(samples) / RATE:.1f} s]"
+                if len(samples):
+                    self._latency.model_audio()
+                    self._events.publish("transcription", role="assistant", text=text, is_final=True)
+                    await self._push(samples)
+            self._speaking_scope = None
+
+    async def _push(self, samples: np.ndarray) -> None:
+        for start in range(0, len(samples), PUSH_SLICE):
+            if not await self._renderer.push_audio(samples[start:start + PUSH_SLICE]):
+                return  # interrupted while waiting for room
+        self._renderer.flush()
