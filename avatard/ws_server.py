@@ -22,6 +22,7 @@ import logging
 import time
 
 import cv2
+import numpy as np
 import trio
 import trio_websocket
 
@@ -150,7 +151,10 @@ class WsServer:
                 ok, jpeg = await trio.to_thread.run_sync(cv2.imencode, ".jpg", frame.image, quality)
                 height, width = frame.image.shape[:2]
                 video = wire.encode_video(width, height, float(self.hub.renderer.fps), jpeg.tobytes(), frame.timestamp)
-                audio = wire.encode_audio(RATE, 1, frame.audio.astype("<i2").tobytes(), frame.timestamp)
+                samples = frame.audio
+                if frame.generation != self.hub.renderer.generation:
+                    samples = np.zeros_like(samples)  # rendered before an interrupt that happened while queued here
+                audio = wire.encode_audio(RATE, 1, samples.astype("<i2").tobytes(), frame.timestamp)
                 for client in list(self.clients.values()):
                     client.push_frame(video, audio)
 
