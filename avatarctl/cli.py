@@ -133,6 +133,13 @@ def interrupt(state: State) -> None:
 
 
 @command(cli)
+@pass_state
+def replay(state: State) -> None:
+    """Stream the daemon's --audio-file to the brain again (as key 1 in the window does)."""
+    state.show(state.call("replay"), "replaying")
+
+
+@command(cli)
 @click.argument("name")
 @pass_state
 def gesture(state: State, name: str) -> None:

@@ -13,6 +13,7 @@ queued audio in one synchronous call, so the very next frame is silent everywher
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 
@@ -25,7 +26,9 @@ from .control import serve_control
 from .events import EventBus
 from .fanout import RENDER_QUEUE, FanOut
 from .hub import Hub
+from .keyword_gestures import DEFAULT_KEYWORDS, KeywordGestures, load_keywords
 from .latency import LatencyMeter
+from .local_io import load_audio_file, start_local_io
 from .local_brain import LocalBrain
 
 logger = logging.getLogger("avatard.app")
@@ -33,8 +36,9 @@ logger = logging.getLogger("avatard.app")
 # User input waiting for the brain. Speech and turns must not be lost, so sources wait when it is
 # full (a browser's reader then stops reading: TCP backpressure to that one client).
 BRAIN_INPUT_QUEUE = 16
-# systemd gives us TimeoutStopSec; we promise to be gone well inside 2 s.
-SHUTDOWN_GRACE = 1.5
+# On SIGTERM, q or a closed window, sinks get this long to tell their clients, then everything is
+# cancelled. systemd gives us TimeoutStopSec; we promise to be gone well inside 2 s.
+STOP_NOTICE = 0.2
 
 
 def make_renderer(config: Config, events: EventBus, latency: LatencyMeter):
@@ -42,10 +46,36 @@ def make_renderer(config: Config, events: EventBus, latency: LatencyMeter):
 
 
 def make_brain(config: Config, renderer, events: EventBus, latency: LatencyMeter):
-    return LocalBrain(renderer=renderer, events=events, latency=latency)
+    keywords = KeywordGestures(load_keywords(config.gestures_file) if config.gestures_file else DEFAULT_KEYWORDS,
+                               cooldown=config.gesture_cooldown)
+    if config.brain_kind == "gemini":
+        from .gemini_brain import GeminiBrain
+        return GeminiBrain(config=config, renderer=renderer, events=events, latency=latency, keywords=keywords)
+    return LocalBrain(renderer=renderer, events=events, latency=latency, keywords=keywords)
 
 
-async def run(config: Config) -> None:
+def main(config: Config) -> None:
+    """Run the daemon until it stops: in this thread, or in a worker thread when a window is wanted.
+
+    OpenCV's window must own the main thread (see avatard.window), which then also takes the signals.
+    """
+    if config.wants_speaker or config.wants_microphone:
+        from .devices import sounddevice
+        # Load PortAudio now, on one thread: it fails fast when missing, and sounddevice mutes stderr
+        # (process-wide) while PortAudio starts, which would swallow other threads' log lines.
+        sounddevice()
+    if not config.wants_window:
+        trio.run(run, config)
+        return
+    from .window import Window, check_display
+    check_display()  # before any window call: OpenCV's Qt aborts the process without a display
+    window = Window(config.fps)
+    window.run(functools.partial(trio.run, run, config, window))
+
+
+async def run(config: Config, window=None) -> None:
+    """The daemon in one root nursery. With a ``window``, the caller's main thread handles signals."""
+    audio = await load_audio_file(config)
     events = EventBus()
     latency = LatencyMeter(events)
     renderer = make_renderer(config, events, latency)
@@ -55,11 +85,17 @@ async def run(config: Config) -> None:
     brain_send, brain_receive = trio.open_memory_channel(BRAIN_INPUT_QUEUE)
     frames_send, frames_receive = trio.open_memory_channel(RENDER_QUEUE)
     hub = Hub(config=config, renderer=renderer, brain=brain, events=events, latency=latency, brain_inputs=brain_send)
+    brain.on_barge_in = lambda: hub.interrupt(brain.name)
+    brain.on_gesture = lambda name: hub.gesture(name, brain.name)
     fanout = FanOut(lambda: renderer.generation)
     hub.fanout = fanout
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signals, nursery.cancel_scope, hub)
+        stop = functools.partial(_begin_shutdown, nursery.cancel_scope, hub)
+        if window is None:
+            nursery.start_soon(_stop_on_signals, stop)
+        else:
+            window.connect(hub, stop)
         await nursery.start(brain.run, brain_receive)
         nursery.start_soon(fanout.run, frames_receive)
         await nursery.start(renderer.run, frames_send)
@@ -67,19 +103,22 @@ async def run(config: Config) -> None:
         if config.server:
             from .ws_server import serve_ws
             await nursery.start(serve_ws, config, hub, fanout)
+        await start_local_io(nursery, config, hub, fanout, window, audio)
         nursery.start_soon(sd_notify.watchdog, lambda: renderer.frames_rendered > 0)
         sd_notify.notify("READY=1")
-        events.publish("status", status="ready")
+        events.publish("status", status="listening")
         logger.info("ready")
 
 
-async def _stop_on_signals(scope: trio.CancelScope, hub: Hub) -> None:
+def _begin_shutdown(scope: trio.CancelScope, hub: Hub, reason: str) -> None:
+    """The one way the daemon stops (signal, q key, closed window): announce it, then cancel everything."""
+    logger.info("%s; shutting down", reason)
+    sd_notify.notify("STOPPING=1")
+    hub.events.publish("status", status="stopping")
+    scope.deadline = min(scope.deadline, trio.current_time() + STOP_NOTICE)
+
+
+async def _stop_on_signals(stop) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            logger.info("got %s; shutting down", signal.Signals(signum).name)
-            sd_notify.notify("STOPPING=1")
-            hub.events.publish("status", status="stopping")
-            # Give sinks a moment to tell their clients, then cancel everything.
-            scope.deadline = trio.current_time() + 0.2
-            await trio.sleep(SHUTDOWN_GRACE)
-            return
+            stop(f"got {signal.Signals(signum).name}")

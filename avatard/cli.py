@@ -12,7 +12,7 @@ import sys
 import click
 import dotenv
 
-from .config import BRAINS, DEFAULT_GEMINI_MODEL, DEFAULT_INSTRUCTIONS, LOG_FORMATS, LOG_LEVELS, RENDERERS, Config, parse_size
+from .config import BARGE_IN, BRAINS, DEFAULT_GEMINI_MODEL, DEFAULT_INSTRUCTIONS, LOG_FORMATS, LOG_LEVELS, RENDERERS, Config, parse_size
 from .errors import AvatardError, ConfigError
 from .paths import default_control_socket
 
@@ -31,6 +31,11 @@ OPTIONS = [
     ("--host", ["AVATARD_HOST"], dict(default="0.0.0.0", show_default=True, help="Server host.")),
     ("--port", ["AVATARD_PORT"], dict(type=int, default=8765, show_default=True, help="Server port (HTTP page and WebSocket).")),
     ("--local-display", ["AVATARD_LOCAL_DISPLAY"], dict(is_flag=True, help="Also show the local window in server mode.")),
+    ("--input-device", ["AVATARD_INPUT_DEVICE"], dict(help="Local mode's microphone: name substring or index (see --list-devices) [default: the system's].")),
+    ("--output-device", ["AVATARD_OUTPUT_DEVICE"], dict(help="Local mode's speaker: name substring or index (see --list-devices) [default: the system's].")),
+    ("--barge-in", ["AVATARD_BARGE_IN"], dict(type=click.Choice(BARGE_IN), default="auto", show_default=True,
+                                             help="Hear the microphone while the avatar speaks; auto = off with local speakers (they echo), else on.")),
+    ("--record", ["AVATARD_RECORD"], dict(help="Also record the avatar (picture and voice) to this .mp4 file.")),
     ("--renderer", ["AVATARD_RENDERER"], dict(type=click.Choice(RENDERERS), default="auto", show_default=True,
                                              help="auto = bithuman when --model and --api-secret are set, else builtin.")),
     ("--brain", ["AVATARD_BRAIN"], dict(type=click.Choice(BRAINS), default="auto", show_default=True,
@@ -43,6 +48,12 @@ OPTIONS = [
     ("--max-clients", ["AVATARD_MAX_CLIENTS"], dict(type=int, default=10, show_default=True, help="WebSocket clients at once; more are refused (1013).")),
     ("--token", ["AVATARD_TOKEN"], dict(help="Require this token from WebSocket clients (?token=...); never logged.")),
     ("--allow-origin", ["AVATARD_ALLOW_ORIGIN"], dict(multiple=True, help="Allowed Origin for browsers (repeatable; default: any).")),
+    ("--gemini-base-url", ["GEMINI_BASE_URL"], dict(help="Live API endpoint (proxy, regional endpoint) [default: the SDK's; "
+                                                         "GOOGLE_GEMINI_BASE_URL also works].")),
+    ("--gemini-ca-file", ["GEMINI_CA_FILE"], dict(help="Extra CA certificate (PEM) to trust for the Live API, added to the default trust.")),
+    ("--gestures-file", ["AVATARD_GESTURES_FILE"], dict(help='Keyword gestures, JSON or TOML: {"mode": "extend"|"replace", "keywords": {gesture: [words]}}.')),
+    ("--gesture-cooldown", ["AVATARD_GESTURE_COOLDOWN"], dict(type=float, default=3.0, show_default=True,
+                                                             help="Seconds before the same keyword gesture fires again.")),
     ("--log-level", ["AVATARD_LOG_LEVEL"], dict(type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="Log level.")),
     ("--log-format", ["AVATARD_LOG_FORMAT"], dict(type=click.Choice(LOG_FORMATS), default="text", show_default=True, help="Log format.")),
 ]
@@ -77,6 +88,14 @@ def _apply_env_file(ctx: click.Context, params: dict, path: str | None) -> None:
                 break
 
 
+def _list_devices(ctx: click.Context, param, value: bool) -> None:
+    if not value:
+        return
+    from .devices import describe
+    click.echo(describe())
+    ctx.exit(0)
+
+
 def build_config(params: dict) -> Config:
     width, height = parse_size(params.pop("size"))
     params["control_socket"] = params["control_socket"] or default_control_socket()
@@ -87,6 +106,8 @@ def build_config(params: dict) -> Config:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @_decorate
 @click.option("--env-file", type=click.Path(dir_okay=False), help="Read settings from this file [default: ./.env if present].")
+@click.option("--list-devices", is_flag=True, is_eager=True, expose_value=False, callback=_list_devices,
+              help="Print the sound devices local mode can use, and exit.")
 @click.version_option(package_name="avatard")
 @click.pass_context
 def command(ctx: click.Context, env_file: str | None, **params) -> None:
@@ -97,10 +118,9 @@ def command(ctx: click.Context, env_file: str | None, **params) -> None:
     _apply_env_file(ctx, params, env_file)
     config = build_config(params)
     from . import logs
-    logs.setup(config.log_level, config.log_format)
-    import trio
+    logs.setup(config.log_level, config.log_format, [config.api_secret, config.gemini_api_key, config.token])
     from . import app
-    trio.run(app.run, config)
+    app.main(config)
 
 
 def _deliberate(exc: BaseException) -> AvatardError | None:

@@ -27,6 +27,7 @@ RENDERERS = ("auto", "builtin", "bithuman")
 BRAINS = ("auto", "gemini", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+BARGE_IN = ("auto", "on", "off")
 # Frame sizes beyond this are not an avatar on an edge box; the limit keeps a typo from allocating gigabytes.
 MAX_FRAME_SIDE = 4096
 # 16 kHz audio must split into whole samples per frame: fps must divide 16000.
@@ -58,6 +59,16 @@ def _in_range(flag: str, low: int, high: int):
 def _fps_divides_rate(instance, attribute, value):
     if not 1 <= value <= MAX_FPS or AUDIO_RATE % value:
         raise ConfigError(f"--fps: {value} must be between 1 and {MAX_FPS} and divide {AUDIO_RATE} (e.g. 25, 20, 32)")
+
+
+def _record_path(instance, attribute, value):
+    if value is None:
+        return
+    if not value.lower().endswith(".mp4"):
+        raise ConfigError(f"--record: {value} must end in .mp4")
+    directory = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise ConfigError(f"--record: cannot write to directory {directory}")
 
 
 def _voice(instance, attribute, value):
@@ -94,6 +105,11 @@ class Config:
     host: str = "0.0.0.0"
     port: int = attrs.field(default=8765, validator=_in_range("--port", 0, 65535))
     local_display: bool = False
+    # Local mode's devices (see avatard.devices, avatard.microphone) and the recording.
+    input_device: str | None = None
+    output_device: str | None = None
+    barge_in: str = attrs.field(default="auto", validator=_one_of("--barge-in", BARGE_IN))
+    record: str | None = attrs.field(default=None, validator=_record_path)
     # Added by avatard.
     renderer: str = attrs.field(default="auto", validator=_one_of("--renderer", RENDERERS))
     brain: str = attrs.field(default="auto", validator=_one_of("--brain", BRAINS))
@@ -107,6 +123,10 @@ class Config:
     max_clients: int = attrs.field(default=10, validator=_in_range("--max-clients", 1, 1000))
     token: str | None = attrs.field(default=None, repr=False)
     allow_origin: tuple[str, ...] = ()
+    gemini_base_url: str | None = None
+    gemini_ca_file: str | None = attrs.field(default=None, validator=_path_exists("--gemini-ca-file"))
+    gestures_file: str | None = attrs.field(default=None, validator=_path_exists("--gestures-file"))
+    gesture_cooldown: float = attrs.field(default=3.0, validator=_in_range("--gesture-cooldown", 0, 3600))
 
     def __attrs_post_init__(self) -> None:
         if self.renderer == "bithuman" and not (self.model and self.api_secret):
@@ -115,6 +135,8 @@ class Config:
             raise ConfigError(f"--model: {self.model} is not a bitHuman .imx model")
         if self.brain == "gemini" and not self.gemini_api_key:
             raise ConfigError("--brain: gemini needs --gemini-api-key (or GOOGLE_API_KEY / GEMINI_API_KEY)")
+        if self.gemini_base_url is not None and not self.gemini_base_url.startswith(("https://", "http://")):
+            raise ConfigError(f"--gemini-base-url: {self.gemini_base_url!r} is not an http(s) URL")
         if self.audio_file is not None and not os.access(self.audio_file, os.R_OK):
             raise ConfigError(f"--audio-file: cannot read {self.audio_file}")
 
@@ -135,3 +157,22 @@ class Config:
     @property
     def samples_per_frame(self) -> int:
         return AUDIO_RATE // self.fps
+
+    # Local mode (no --server) has a window, a speaker and a microphone (the audio file replaces the
+    # microphone); server mode has none of them, but --local-display adds the window.
+    @property
+    def wants_window(self) -> bool:
+        return not self.server or self.local_display
+
+    @property
+    def wants_speaker(self) -> bool:
+        return not self.server
+
+    @property
+    def wants_microphone(self) -> bool:
+        return not self.server and self.audio_file is None
+
+    @property
+    def barge_in_enabled(self) -> bool:
+        """``auto``: off when our own speaker plays the avatar (open speakers echo into the microphone)."""
+        return self.barge_in == "on" or (self.barge_in == "auto" and not self.wants_speaker)

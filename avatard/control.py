@@ -121,6 +121,9 @@ async def _execute(request: proto.Request, hub: Hub) -> bytes:
         if request.cmd == "interrupt":
             hub.interrupt("avatarctl")
             return proto.ok()
+        if request.cmd == "replay":
+            hub.replay("avatarctl")
+            return proto.ok()
         if request.cmd == "gestures":
             return proto.ok(gestures=hub.gestures)
         if request.cmd == "gesture":
@@ -147,7 +150,9 @@ async def _execute(request: proto.Request, hub: Hub) -> bytes:
 async def _subscribe(stream: trio.SocketStream, hub: Hub, kinds: frozenset[str] | None) -> None:
     with hub.events.subscribe(kinds) as events:
         await _send(stream, proto.ok(subscribed=sorted(kinds) if kinds else "all"))
-        await _send(stream, proto.encode({"event": "status", "timestamp": None, **hub.events.last_status}))
+        if kinds is None or "status" in kinds:  # start with where things stand, then changes
+            for status in (hub.events.last_brain_status, hub.events.last_status):
+                await _send(stream, proto.encode({"event": "status", "timestamp": None, **status}))
         async with trio.open_nursery() as nursery:
             # Reading detects the client hanging up even while no events flow.
             nursery.start_soon(_wait_for_hangup, stream, nursery.cancel_scope)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "ping": (),
     "status": (),
     "interrupt": (),
+    "replay": (),
     "gestures": (),
     "gesture": ("name",),
     "say": ("text",),

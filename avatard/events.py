@@ -42,12 +42,16 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: list[_Subscriber] = []
         self.dropped = 0
-        self.last_status: dict = {"status": "starting"}
+        self.last_status: dict = {"status": "starting"}  # the avatar's activity: listening, speaking, ...
+        self.last_brain_status: dict = {"status": "brain_connecting"}  # the brain's connection state
 
     def publish(self, kind: str, **data) -> Event:
         event = Event(kind=kind, data=data, timestamp=time.time())
         if kind == "status":
-            self.last_status = data
+            if data.get("status", "").startswith("brain_"):
+                self.last_brain_status = data
+            else:
+                self.last_status = data
         for sub in self._subscribers:
             if not sub.wants(kind):
                 continue

@@ -41,6 +41,8 @@ class Hub:
         self.interrupts = 0
         self.fanout = None  # set by the app (frame drop counters)
         self.ws_server = None  # set in server mode (client counters)
+        self.audio_file = None  # set with --audio-file: what replay() restarts
+        self.local_io: dict = {}  # name -> speaker, microphone, window, recorder, audio file (each has info())
 
     def on_interrupt(self, hook) -> None:
         """Register a sink's flush: called synchronously inside :meth:`interrupt`."""
@@ -62,6 +64,13 @@ class Hub:
         except UnknownGesture as exc:
             raise Refused(str(exc)) from None
         self.events.publish("gesture", gesture=name, source=source)
+
+    def replay(self, source: str) -> None:
+        """Stream the --audio-file to the brain once more (after the pass in progress, if any)."""
+        if self.audio_file is None:
+            raise Refused("no audio file to replay: start avatard with --audio-file")
+        queued = self.audio_file.replay()
+        logger.info("replay from %s%s", source, "" if queued else " (one is already queued)")
 
     @property
     def gestures(self) -> list[str]:
@@ -92,6 +101,7 @@ class Hub:
             "renderer": r.name,
             "brain": self.brain.name,
             "brain_state": self.brain.state,
+            "brain_failure": getattr(self.brain, "failure", None),
             "size": f"{r.width}x{r.height}",
             "fps": r.fps,
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -106,4 +116,5 @@ class Hub:
             "client_list": [dict(id=c.id, **c.info()) for c in self.ws_server.clients.values()] if self.ws_server else [],
             "last_latency": self.latency.last,
             "server": f"http://{self.config.host}:{self.ws_server.port}/" if self.ws_server else None,
+            "local_io": {name: part.info() for name, part in self.local_io.items()},
         }

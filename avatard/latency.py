@@ -18,8 +18,9 @@ class LatencyMeter:
         self._first_audio: float | None = None
         self.last: dict | None = None
 
-    def user_input_ended(self) -> None:
-        self._input_end = trio.current_time()
+    def user_input_ended(self, ago: float = 0.0) -> None:
+        """The user finished a turn now (or ``ago`` seconds ago, when detected after a pause)."""
+        self._input_end = trio.current_time() - ago
         self._first_audio = None
 
     def model_audio(self) -> None:

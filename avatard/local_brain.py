@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import trio
 
-from . import tts
+from . import voice
 from .audio import RATE
 from .events import EventBus
+from . import keyword_gestures
+from .keyword_gestures import KeywordGestures
 from .latency import LatencyMeter
 from .messages import SayText, UserAudio, UserText
 from .vad import EndOfUtterance
@@ -28,15 +29,16 @@ logger = logging.getLogger("avatard.brain.local")
 # Utterances waiting to be spoken. User turns must not be lost, so when full the input loop waits
 # (backpressure to the sources); 8 covers a burst of typed turns.
 UTTERANCE_QUEUE = 8
-# Speech is handed to the renderer in slices so an interrupt never waits behind a long sentence.
-PUSH_SLICE = RATE // 5
 
 
 class LocalBrain:
     name = "local"
 
-    def __init__(self, *, renderer, events: EventBus, latency: LatencyMeter) -> None:
+    def __init__(self, *, renderer, events: EventBus, latency: LatencyMeter, keywords: KeywordGestures) -> None:
         self._renderer = renderer
+        self._keywords = keywords
+        self.on_barge_in = lambda: None  # set by the app (unused: the offline brain has no barge-in of its own)
+        self.on_gesture = lambda name: None  # set by the app: the hub's gesture
         self._events = events
         self._latency = latency
         self._vad = EndOfUtterance()
@@ -90,7 +92,7 @@ class LocalBrain:
             with trio.CancelScope() as scope:
                 self._speaking_scope = scope
                 if kind == "say":
-                    samples = await trio.to_thread.run_sync(tts.synthesize, payload)
+                    samples = await voice.synthesize(payload)
                     text = payload
                 else:
                     samples = payload
@@ -98,11 +100,7 @@ class LocalBrain:
                 if len(samples):
                     self._latency.model_audio()
                     self._events.publish("transcription", role="assistant", text=text, is_final=True)
-                    await self._push(samples)
+                    if kind == "say":
+                        keyword_gestures.fire(self._keywords.feed(text) + self._keywords.end(), self.on_gesture)
+                    await voice.play(self._renderer, samples)
             self._speaking_scope = None
-
-    async def _push(self, samples: np.ndarray) -> None:
-        for start in range(0, len(samples), PUSH_SLICE):
-            if not await self._renderer.push_audio(samples[start:start + PUSH_SLICE]):
-                return  # interrupted while waiting for room
-        self._renderer.flush()

@@ -1,10 +1,32 @@
-"""Logging set-up: text for people, JSON lines for log collectors. Secrets are never passed to loggers."""
+"""Logging set-up: text for people, JSON lines for log collectors.
+
+Secrets are never passed to loggers by avatard itself; as a second line of defence every record is
+scrubbed of the configured secret values, and third-party loggers that print request headers
+(websockets at DEBUG prints ``x-goog-api-key``) are never allowed below INFO.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+
+# Libraries whose DEBUG output includes HTTP headers (API keys) or is too chatty to be useful.
+QUIET_LOGGERS = ("websockets", "httpx", "httpcore", "google_genai", "trio-websocket")
+REDACTED = "***"
+
+
+class _Scrubber(logging.Formatter):
+    def __init__(self, inner: logging.Formatter, secrets: list[str]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._secrets = [s for s in secrets if s]
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self._inner.format(record)
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,15 +42,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def setup(level: str, fmt: str) -> None:
+def setup(level: str, fmt: str, secrets: list[str]) -> None:
+    inner = JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(_Scrubber(inner, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Third-party chatter (websockets, httpx2, google_genai) stays at warning unless we debug.
-    for noisy in ("websockets", "httpx", "httpcore", "google_genai", "trio-websocket"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO if level == "debug" else logging.WARNING, logging.INFO))

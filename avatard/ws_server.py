@@ -5,7 +5,9 @@ queues and sender task, so a slow client only hurts itself:
 
 - video: the newest :data:`VIDEO_BACKLOG` frames; older ones are dropped (counted) when it falls behind;
 - audio and JSON: never dropped while the client is kept, but a client more than
-  :data:`MAX_AUDIO_BACKLOG` chunks behind is disconnected with close code 4000 ("too slow");
+  :data:`MAX_AUDIO_BACKLOG` chunks behind, or whose socket has taken nothing for :data:`MAX_SEND_STALL`
+  seconds, is disconnected with close code 4000 ("too slow"; a peer that stopped reading altogether
+  cannot receive the close frame and just sees the connection end);
 - the renderer and the encoder never wait for any client.
 
 On an interrupt every client's queued audio is discarded before the ``interrupted`` status is queued,
@@ -36,7 +38,13 @@ logger = logging.getLogger("avatard.ws")
 
 VIDEO_BACKLOG = 5  # frames (0.2 s at 25 fps): a client this far behind sees the newest picture, not old ones
 MAX_AUDIO_BACKLOG = 125  # chunks (5 s at 25 fps): past this the client cannot catch up; disconnect it
-ENCODER_BUFFER = 3  # frames waiting for JPEG encoding; the fan-out drops (counted) beyond that
+# A single send that has not completed for this long means the peer stopped reading (its TCP window is
+# shut). Without this rule a stall would only be noticed once the kernel's buffers, up to tens of MiB on
+# loopback, had filled behind it.
+MAX_SEND_STALL = 5.0
+# Frames waiting for JPEG encoding (0.32 s). Encoding takes ~3 ms; the room is for CPU contention on a
+# busy box. Beyond it the fan-out drops (counted), for every client at once, so it is generous.
+ENCODER_BUFFER = 8
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB = 32 s of 16 kHz audio in one message; larger closes with 1009
 CLOSE_TOO_SLOW = 4000
 CLOSE_POLICY = 1008  # bad token or origin
@@ -60,6 +68,7 @@ class Client:
         self._wake = trio.Event()
         self._resamplers: dict[int, StreamResampler] = {}
         self.too_slow = False
+        self._sending_since: float | None = None  # when the send in progress started
         self.video_dropped = 0
         self.frames_sent = 0
         self.bytes_sent = 0
@@ -70,6 +79,10 @@ class Client:
         self._wake.set()
 
     def push_frame(self, video: bytes, audio: bytes) -> None:
+        if self._sending_since is not None and trio.current_time() - self._sending_since > MAX_SEND_STALL:
+            self.too_slow = True
+            self.scope.cancel()
+            return
         if self.want_audio:
             audio_queued = sum(1 for kind, _ in self._media if kind == "audio") if len(self._media) > MAX_AUDIO_BACKLOG else 0
             if audio_queued > MAX_AUDIO_BACKLOG:
@@ -107,7 +120,9 @@ class Client:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
+            self._sending_since = trio.current_time()
             await self.ws.send_message(message)
+            self._sending_since = None
             self.bytes_sent += len(message)
 
     def info(self) -> dict:
@@ -230,6 +245,7 @@ class WsServer:
         self.hub.events.publish("client", action="joined", client_id=client.id, remote=client.remote)
         logger.info("%s connected from %s", client.id, client.remote)
         client.push_json(wire.json_message("status", status="connected", client_id=client.id, timestamp=time.time()))
+        client.push_json(wire.json_message("status", **self.hub.events.last_brain_status, timestamp=time.time()))
         client.push_json(wire.json_message("status", **self.hub.events.last_status, timestamp=time.time()))
         client.push_json(wire.json_message("gestures", gestures=self.hub.gestures))
         try:

@@ -91,8 +91,17 @@ class Daemon:
             raise
 
 
-def start_daemon(tmp: Path, *args: str, env: dict | None = None, wait_ready: bool = True) -> Daemon:
-    """Start ``python -m avatard`` with a private control socket; wait for sd_notify READY=1."""
+SERVER_ARGS = ("--server", "--host", "127.0.0.1", "--port", "0")
+
+
+def start_daemon(tmp: Path, *args: str, env: dict | None = None, wait_ready: bool = True, local: bool = False) -> Daemon:
+    """Start ``python -m avatard`` with a private control socket; wait for sd_notify READY=1.
+
+    Server mode on a free loopback port unless ``args`` say ``--server`` themselves or ``local`` is set
+    (plain ``avatard`` is the seed's local mode, which needs a display and sound devices).
+    """
+    if "--server" not in args and not local:
+        args = (*SERVER_ARGS, *args)
     own = Path(tempfile.mkdtemp(prefix="d", dir=tmp))  # one per daemon: a test may start several
     socket_path = str(own / "avatard.sock")
     notify_path = str(own / "notify.sock")

@@ -24,7 +24,8 @@ def test_say_speaks_with_a_moving_mouth(daemon):
     assert watcher.request("subscribe", events=["frame", "transcription", "status"])["ok"]
     result = daemon.ctl("say", "Hello there, I am the built in avatar and I can talk.")
     assert result.returncode == 0, result.stderr
-    events = frames_until(watcher, lambda e: e["event"] == "status" and e.get("status") == "listening", 20)
+    events = frames_until(watcher, lambda e: e["event"] == "status" and e.get("status") == "speaking", 10)
+    events += frames_until(watcher, lambda e: e["event"] == "status" and e.get("status") == "listening", 20)
     frames = [e for e in events if e["event"] == "frame"]
     speaking = [f for f in frames if f["speaking"]]
     assert len(speaking) > 25, "at least a second of speech frames"
@@ -138,7 +139,7 @@ def test_sigterm_exits_cleanly_and_removes_the_socket(daemon):
 
 
 def test_second_daemon_on_the_same_socket_is_refused(daemon, tmp):
-    result = subprocess.run([sys.executable, "-m", "avatard", "--control-socket", daemon.socket],
+    result = subprocess.run([sys.executable, "-m", "avatard", "--server", "--port", "0", "--control-socket", daemon.socket],
                             capture_output=True, text=True, timeout=20, env=daemon.env)
     assert result.returncode == 2
     assert "already listening" in result.stderr
@@ -158,7 +159,7 @@ def test_second_daemon_on_the_same_socket_is_refused(daemon, tmp):
     (["--env-file", "/nonexistent.env"], "--env-file"),
 ])
 def test_bad_config_stops_with_one_line(args, flag, tmp):
-    result = subprocess.run([sys.executable, "-m", "avatard", "--control-socket", str(tmp / "s.sock"), *args],
+    result = subprocess.run([sys.executable, "-m", "avatard", "--server", "--control-socket", str(tmp / "s.sock"), *args],
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -178,13 +179,19 @@ def test_precedence_flag_over_env_over_dotenv(daemon_factory, tmp):
 
 
 def test_secrets_never_appear(daemon_factory):
-    secret, token = "bh-secret-8d7f6e", "tok-1a2b3c"
-    daemon = daemon_factory("--api-secret", secret, "--token", token, "--server", "--host", "127.0.0.1", "--port", "0",
-                            "--log-level", "debug")
-    status = daemon.ctl("status", "--json").stdout
-    daemon.stop()
+    """Even at debug level, with the Gemini client sending its key in a header that websockets would log."""
+    from gemini_live_server import GeminiLiveTestServer
+    secret, token, key = "bh-secret-8d7f6e", "tok-1a2b3c", "test-key"
+    with GeminiLiveTestServer(valid_keys={key}) as live:
+        daemon = daemon_factory("--api-secret", secret, "--token", token, "--server", "--host", "127.0.0.1", "--port", "0",
+                                "--log-level", "debug", "--gemini-api-key", key, "--gemini-base-url", live.base_url,
+                                "--gemini-ca-file", live.ca_path, env={"NO_PROXY": "127.0.0.1,localhost"})
+        live.wait_for(lambda: live.connections, 10)
+        status = daemon.ctl("status", "--json").stdout
+        daemon.stop()
+    assert "websockets" in daemon.log() or "avatard" in daemon.log()
     for text in (status, daemon.log()):
-        assert secret not in text and token not in text
+        assert secret not in text and token not in text and key not in text
     env = dict(daemon.env, BITHUMAN_API_SECRET=secret, AVATARD_TOKEN=token)
     helptext = subprocess.run([sys.executable, "-m", "avatard", "--help"], capture_output=True, text=True, env=env).stdout
     assert secret not in helptext and token not in helptext and "--api-secret" in helptext

@@ -161,7 +161,7 @@ const state = {
   micBytesSent: 0,
   micLevel: 0,                // RMS of the last chunk, 0..1
   // text
-  transcript: [],             // [{role, text, is_final, timestamp, typed?, cut?}]
+  transcript: [],             // [{role, text, is_final, timestamp, cut?}]
   protocolErrors: 0,
 };
 window.avatard = state;
@@ -238,9 +238,9 @@ class Transcript {
     if (atBottom) r.scrollTop = r.scrollHeight;
   }
 
-  #newLine(role, timestamp, extra = {}) {
+  #newLine(role, timestamp) {
     this.root.querySelector('.empty')?.remove();
-    const entry = { role, text: '', is_final: false, timestamp: timestamp ?? Date.now() / 1000, ...extra };
+    const entry = { role, text: '', is_final: false, timestamp: timestamp ?? Date.now() / 1000 };
     const el = document.createElement('div');
     el.className = `msg ${role}`;
     const who = document.createElement('span');
@@ -276,16 +276,6 @@ class Transcript {
           state.transcript.splice(state.transcript.indexOf(line.entry), 1);
         }
       }
-    });
-  }
-
-  /** A line the person typed (the server does not echo typed text back). */
-  typed(text) {
-    this.#stickToBottom(() => {
-      const line = this.#newLine('user', undefined, { typed: true });
-      line.entry.text = text;
-      line.entry.is_final = true;
-      line.body.textContent = text;
     });
   }
 
@@ -374,8 +364,9 @@ class WorkletPlayer {
       state.audioChunksDropped++;
       return;
     }
+    const count = samples.length;   // read before the transfer detaches the buffer
     this.node.port.postMessage({ type: 'pcm', samples, sampleRate, ts: timestamp }, [samples.buffer]);
-    state.samplesPosted += samples.length;
+    state.samplesPosted += count;
   }
 
   flush() {
@@ -536,11 +527,11 @@ class FrameView {
     const { bitmap, at } = shown.pop();
     state.videoHoldMs = Math.round(performance.now() - at);
     for (const f of shown) { f.bitmap.close(); state.framesDropped++; }
+    state.frameWidth = bitmap.width;
+    state.frameHeight = bitmap.height;
     if (this.canvas.width !== bitmap.width || this.canvas.height !== bitmap.height) {
       this.canvas.width = bitmap.width;
       this.canvas.height = bitmap.height;
-      state.frameWidth = bitmap.width;
-      state.frameHeight = bitmap.height;
       ui.stage.style.setProperty('--ar', (bitmap.width / bitmap.height).toFixed(4));
     }
     this.g.drawImage(bitmap, 0, 0);
@@ -949,7 +940,6 @@ ui.composer.addEventListener('submit', (e) => {
   const text = ui.text.value.trim();
   if (!text) return;
   if (!conn.send(msg.textInput(text))) { toast('Not connected: message not sent'); return; }
-  transcript.typed(text);
   ui.text.value = '';
 });
 for (const box of [ui.subVideo, ui.subAudio]) {

@@ -1,0 +1,867 @@
+"""A protocol-faithful Gemini Live API server for tests.
+
+Not a mock of the SDK: a real TLS websocket server (websockets' asyncio server, in a thread with its own loop) that
+the real google-genai client connects to, speaking the wire protocol described in
+``/work/shared/spec/gemini_live_wire.md``::
+
+    with GeminiLiveTestServer() as server:
+        ctx = server.client_ssl_context()
+        client = genai.Client(api_key="test-key", http_options=types.HttpOptions(
+            base_url=server.base_url, async_client_args={"ssl": ctx}))
+
+What it imitates, and where that comes from:
+
+* Path: one or more leading slashes + ``ws/google.ai.generativelanguage.{v1,v1beta,v1alpha}.GenerativeService.
+  BidiGenerateContent`` (or ``...Constrained`` with ``Authorization: Token <key>``); anything else is HTTP 404.
+* The first frame must be ``setup``; the API key (``x-goog-api-key``) and the model are checked after it, as the
+  real service does, closing with 1008 "API key not valid..." or 1008 "models/X is not found...".
+* Client frames use snake_case top-level keys and camelCase inner keys (the SDK mixes them); both are accepted.
+  Bytes are URL-safe base64 (pydantic); both alphabets are decoded. Server frames are binary JSON, like the real
+  service, with standard base64 audio.
+* Transcriptions are sent only if the setup asked for them (``inputAudioTranscription`` /
+  ``outputAudioTranscription``), session resumption updates only if it has ``sessionResumption``; a product that
+  forgets these would get nothing from the real service either.
+* A new ``client_content`` turn or ``realtime_input.text`` interrupts the answer in progress (the Live API reference:
+  client content "will interrupt any current model generation"), so does detected speech (barge-in), unless
+  ``realtimeInputConfig.activityHandling`` is ``NO_INTERRUPTION``. An interrupted answer ends with
+  ``serverContent.interrupted`` then ``turnComplete`` (public reports of the real server).
+* After ``send_go_away`` the server closes, once ``time_left`` has passed, with 1008 "Connection aborted because the
+  client failed to close the connection after receiving a GoAway signal..." (public reports of the real server).
+* Not verified against the real service (choices made here): a setup with an unknown resumption handle closes with
+  1008 "Session handle not found."; a non-setup first frame or invalid JSON closes with 1007.
+
+Everything is recorded under one lock (``setups``, ``received``, ``sessions``, ``tool_responses``,
+``conversations``, ...); properties return snapshots. Control methods (``send_go_away``, ``drop_connections``,
+``close_connections``, ``drop_after``, ``reject_next_setups``) are thread-safe and return once done; they block the
+caller for a few milliseconds, so they are fine to call from trio tests, but must not be called from inside the
+server's own callbacks (``reply``).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import binascii
+import copy
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import certifi
+import trio
+import trustme
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+logger = logging.getLogger("avatard.tests.gemini_live_server")
+
+PATH_RE = re.compile(
+    r"^/+ws/google\.ai\.generativelanguage\.(?P<version>v1|v1beta|v1alpha)"
+    r"\.GenerativeService\.(?P<method>BidiGenerateContent|BidiGenerateContentConstrained)$"
+)
+
+OUTPUT_RATE = 24_000  # model audio: s16le mono at 24 kHz, as the real service sends
+OUTPUT_MIME = f"audio/pcm;rate={OUTPUT_RATE}"
+INPUT_RATE = 16_000  # default when the client's mime type names no rate
+CHUNK_MS = 40  # model audio chunk length
+DEFAULT_MS_PER_CHAR = 60  # spoken length of the reply text; ~ a talking speed of 16 characters/s
+
+VAD_FRAME_MS = 10  # energy is judged per 10 ms frame
+VAD_SPEECH_MS = 200  # this much voiced audio starts an utterance (and barges in on an answer)
+VAD_SILENCE_MS = 500  # this much silence after speech ends the utterance
+DEFAULT_VAD_THRESHOLD = 500  # RMS of s16 samples; silence is 0, a -20 dBFS tone is ~3300
+
+CLOSE_REASON_MAX_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
+BAD_KEY_REASON = "API key not valid. Please pass a valid API key."
+GO_AWAY_CLOSE_CODE = 1008
+GO_AWAY_CLOSE_REASON = (
+    "Connection aborted because the client failed to close the connection after receiving a GoAway signal "
+    "once the session duration expired"
+)
+
+
+def _truncate_reason(reason: str) -> str:
+    data = reason.encode()[:CLOSE_REASON_MAX_BYTES]
+    return data.decode(errors="ignore")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    """``obj[name]`` under its snake_case or camelCase spelling (the SDK sends both)."""
+    if not isinstance(obj, dict):
+        return default
+    if name in obj:
+        return obj[name]
+    return obj.get(_camel(name), default)
+
+
+def _b64decode(data: str) -> bytes:
+    """Decode URL-safe (what pydantic sends) or standard base64, with or without padding."""
+    data = data.replace("-", "+").replace("_", "/")
+    return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+
+
+def _parse_time_left(time_left: str) -> float:
+    """Seconds of a protobuf Duration string such as ``"2s"`` or ``"0.5s"``."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)s", time_left)
+    if match is None:
+        raise ValueError(f"time_left must look like '2s' or '0.5s', got {time_left!r}")
+    return float(match.group(1))
+
+
+def _syllable_chunks() -> list[bytes]:
+    """One 200 ms "syllable" (a 140 Hz voice-like tone under a swelling envelope), cut into 40 ms chunks.
+
+    140 Hz * 0.2 s is a whole number of cycles, so the chunks tile without clicks; the envelope never drops below
+    20 %, so every chunk is audibly non-silent.
+    """
+    period = OUTPUT_RATE * 200 // 1000
+    samples = array.array("h")
+    for n in range(period):
+        t = n / OUTPUT_RATE
+        envelope = 0.2 + 0.8 * math.sin(math.pi * n / period) ** 2
+        wave = 0.7 * math.sin(2 * math.pi * 140 * t) + 0.3 * math.sin(2 * math.pi * 280 * t)
+        samples.append(int(9000 * envelope * wave))
+    if sys.byteorder != "little":
+        samples.byteswap()
+    data = samples.tobytes()
+    size = OUTPUT_RATE * CHUNK_MS // 1000 * 2
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+SYLLABLE_CHUNKS = _syllable_chunks()
+
+
+def _transcript_pieces(text: str) -> list[str]:
+    """Cut text into 3..7 character pieces regardless of word boundaries, like the service's partial words."""
+    pieces, i = [], 0
+    for size in itertools.cycle((4, 7, 3, 5, 6)):
+        if i >= len(text):
+            return pieces
+        pieces.append(text[i : i + size])
+        i += size
+    return pieces
+
+
+def _rms(frame: bytes) -> float:
+    samples = array.array("h")
+    samples.frombytes(frame)
+    if sys.byteorder != "little":
+        samples.byteswap()
+    return math.sqrt(sum(s * s for s in samples) / len(samples))
+
+
+@dataclasses.dataclass
+class SessionRecord:
+    """What happened on one websocket connection."""
+
+    id: str  # "conn_1", ...
+    path: str
+    api_version: str | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    api_key: str | None = None
+    setup: dict[str, Any] | None = None
+    model: str | None = None
+    resumed: bool = False
+    conversation_id: str | None = None
+    received: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    sent: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    sent_at: list[float] = dataclasses.field(default_factory=list)  # time.perf_counter() after each send
+    open: bool = True
+    # The close frame that started the closing handshake: the client's (closed_by="client") or ours ("server");
+    # closed_by="dropped" and close_code=1006 when the TCP connection ended without any close frame.
+    close_code: int | None = None
+    close_reason: str | None = None
+    closed_by: str | None = None
+
+
+class _Vad:
+    """Energy VAD over 10 ms frames, timed by the audio itself (not the wall clock), so tests are deterministic."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._partial = b""  # clients send chunks of any length: frames straddle them
+        self.reset()
+
+    def reset(self) -> None:
+        self.voiced_ms = 0
+        self.silence_ms = 0
+        self.started = False
+
+    def feed(self, pcm: bytes, rate: int) -> list[tuple[str, int]]:
+        """Return events: ("start", voiced_ms) once speech is established, ("end", voiced_ms) after the pause."""
+        events = []
+        data, size = self._partial + pcm, rate * VAD_FRAME_MS // 1000 * 2
+        frames, self._partial = len(data) // size, data[len(data) // size * size :]
+        for i in range(frames):
+            if _rms(data[i * size : (i + 1) * size]) >= self.threshold:
+                self.voiced_ms += VAD_FRAME_MS
+                self.silence_ms = 0
+                if not self.started and self.voiced_ms >= VAD_SPEECH_MS:
+                    self.started = True
+                    events.append(("start", self.voiced_ms))
+            elif self.voiced_ms:
+                self.silence_ms += VAD_FRAME_MS
+                if self.silence_ms >= VAD_SILENCE_MS:
+                    if self.started:
+                        events.append(("end", self.voiced_ms))
+                    self.reset()  # a blip shorter than VAD_SPEECH_MS is discarded
+        return events
+
+    def flush(self) -> int:
+        """audioStreamEnd: return the voiced ms of the pending utterance (0 if none) and reset."""
+        voiced = self.voiced_ms
+        self._partial = b""
+        self.reset()
+        return voiced
+
+
+class _Conn:
+    """Server-loop-only state of one live connection."""
+
+    def __init__(self, ws: ServerConnection, record: SessionRecord) -> None:
+        self.ws = ws
+        self.record = record
+        self.functions: set[str] = set()
+        self.modalities: list[str] = ["AUDIO"]
+        self.input_transcription = False
+        self.output_transcription = False
+        self.resumption = False
+        self.manual_activity = False
+        self.barge_in = True
+        self.vad: _Vad | None = None
+        self.manual_active = False
+        self.manual_samples = 0  # audio received during a manual activity
+        self.pending_text: list[str] = []
+        self.turns: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.answering = False
+        self.interrupt = asyncio.Event()
+        self.tool_waits: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class GeminiLiveTestServer:
+    """A TLS Gemini Live API server on 127.0.0.1 for the real google-genai client. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        valid_keys: set[str] | frozenset[str] = frozenset({"test-key"}),
+        known_models: set[str] | Callable[[str], bool] | None = None,
+        reply: Callable[[str], str] | None = None,
+        ms_per_char: float = DEFAULT_MS_PER_CHAR,
+        realtime: bool = True,
+        gesture_trigger: str | Callable[[str], bool] = r"wave",
+        gesture_args: dict[str, Any] | None = None,
+        vad_threshold: float = DEFAULT_VAD_THRESHOLD,
+        tool_timeout: float = 30.0,
+        max_size: int | None = 1 << 20,
+    ) -> None:
+        """
+        known_models: model names without "models/"; a set, or a predicate. Default: anything starting "gemini".
+        reply: the answer text for a user turn's text. Default: "You said: <text>".
+        ms_per_char: spoken length of the reply, so audio duration = len(reply) * ms_per_char.
+        realtime: pace the reply in real time (40 ms per audio chunk); False sends it as fast as possible.
+        gesture_trigger: regex (searched case-insensitively) or predicate on the turn text that makes the server
+            call ``trigger_gesture`` first, if the setup declared it.
+        tool_timeout: how long an answer waits for the tool response before going on without it.
+        """
+        self.valid_keys = set(valid_keys)
+        if known_models is None:
+            self._model_ok: Callable[[str], bool] = lambda name: name.startswith("gemini")
+        elif callable(known_models):
+            self._model_ok = known_models
+        else:
+            self._model_ok = set(known_models).__contains__
+        self.reply = reply or (lambda text: f"You said: {text}")
+        self.ms_per_char = ms_per_char
+        self.realtime = realtime
+        if isinstance(gesture_trigger, str):
+            pattern = re.compile(gesture_trigger, re.IGNORECASE)
+            self._gesture_trigger: Callable[[str], bool] = lambda text: pattern.search(text) is not None
+        else:
+            self._gesture_trigger = gesture_trigger
+        self.gesture_args = gesture_args or {"gesture": "mini_wave_hello"}
+        self.vad_threshold = vad_threshold
+        self.tool_timeout = tool_timeout
+        self.max_size = max_size
+
+        self.port: int | None = None
+        self.ca_path: str | None = None
+        self._cond = threading.Condition(threading.RLock())  # guards every record below
+        self._sessions: list[SessionRecord] = []
+        self._setups: list[dict[str, Any]] = []
+        self._received: list[dict[str, Any]] = []
+        self._tool_responses: list[dict[str, Any]] = []
+        self._conversations: dict[str, list[dict[str, Any]]] = {}
+        self._handles: dict[str, str] = {}  # resumption handle -> conversation id
+        self._conn_ids = itertools.count(1)
+        self._conv_ids = itertools.count(1)
+        self._drop_countdown: int | None = None
+        self._reject_setups: list[tuple[int, str]] = []
+
+        self._live: dict[str, _Conn] = {}  # server loop only
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._ca: trustme.CA | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> GeminiLiveTestServer:
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="gemini-live-test-")
+        self._ca = trustme.CA()
+        self.ca_path = os.path.join(self._tmpdir.name, "ca.pem")
+        self._ca.cert_pem.write_to_path(self.ca_path)
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._main(server_ctx),), name="gemini-live-test-server", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait(10)
+        if self._start_error is not None or self.port is None:
+            raise RuntimeError("GeminiLiveTestServer failed to start") from self._start_error
+        return self
+
+    def stop(self) -> None:
+        """Close every connection (1001, as a server going down does) and stop the thread. Safe to call twice."""
+        if self._loop is not None and self._stop is not None and self._thread is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:
+                pass  # loop already closed
+            self._thread.join(10)
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> GeminiLiveTestServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def _main(self, server_ctx: ssl.SSLContext) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with serve(
+                self._handle,
+                "127.0.0.1",
+                0,
+                ssl=server_ctx,
+                process_request=self._process_request,
+                max_size=self.max_size,
+            ) as server:
+                self.port = next(iter(server.sockets)).getsockname()[1]
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:
+            self._start_error = exc
+            raise
+        finally:
+            self._ready.set()
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """certifi's CAs plus this server's CA: pass as ``HttpOptions(async_client_args={"ssl": ctx})``."""
+        ctx = ssl.create_default_context(cafile=certifi.where())
+        ctx.load_verify_locations(cafile=self.ca_path)
+        return ctx
+
+    # --- records (snapshots) ---------------------------------------------------------------------------------------
+
+    @property
+    def setups(self) -> list[dict[str, Any]]:
+        """Every setup message's ``setup`` object, in arrival order (resumption handle included)."""
+        with self._cond:
+            return copy.deepcopy(self._setups)
+
+    @property
+    def received(self) -> list[dict[str, Any]]:
+        """Every client message (setup included), on all connections, in arrival order."""
+        with self._cond:
+            return copy.deepcopy(self._received)
+
+    @property
+    def sessions(self) -> list[SessionRecord]:
+        with self._cond:
+            return copy.deepcopy(self._sessions)
+
+    @property
+    def connections(self) -> int:
+        """How many websocket connections were accepted (rejected setups included)."""
+        with self._cond:
+            return len(self._sessions)
+
+    @property
+    def live_connections(self) -> int:
+        with self._cond:
+            return sum(1 for s in self._sessions if s.open)
+
+    @property
+    def tool_responses(self) -> list[dict[str, Any]]:
+        """Every functionResponse received, in order."""
+        with self._cond:
+            return copy.deepcopy(self._tool_responses)
+
+    @property
+    def conversations(self) -> dict[str, list[dict[str, Any]]]:
+        """conversation id -> log of {"role": "user"|"model", "text", "session", "status" (model only)}.
+
+        Entries come in pairs, a user turn then the model's answer to it, logged when the answer ends. Model
+        status: "complete", "interrupted", or "abandoned" (the connection ended before or during the answer). A
+        resumed session continues its conversation, so "each user turn got exactly one complete answer" is
+        checkable across reconnections.
+        """
+        with self._cond:
+            return copy.deepcopy(self._conversations)
+
+    @property
+    def handles(self) -> list[str]:
+        """Resumption handles issued so far, oldest first."""
+        with self._cond:
+            return list(self._handles)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Block until ``predicate()`` is truthy (re-checked on every record change); return it, or raise
+        TimeoutError."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (result := predicate()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"condition not met within {timeout} s")
+                self._cond.wait(min(remaining, 0.05))
+            return result
+
+    async def async_wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Trio version of :meth:`wait_for` (polls every 5 ms, so the trio loop keeps running)."""
+        with trio.move_on_after(timeout):
+            while not (result := predicate()):
+                await trio.sleep(0.005)
+            return result
+        raise TimeoutError(f"condition not met within {timeout} s")
+
+    def _changed(self) -> None:
+        self._cond.notify_all()
+
+    # --- test controls (any thread) --------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        assert self._loop is not None, "server not started"
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def send_go_away(
+        self, time_left: str = "2s", *, close_code: int = GO_AWAY_CLOSE_CODE, close_reason: str = GO_AWAY_CLOSE_REASON
+    ) -> int:
+        """Send ``goAway{timeLeft}`` on every live connection; close those still open when it has passed.
+
+        Returns the number of connections told.
+        """
+        delay = _parse_time_left(time_left)
+
+        async def expire(conn: _Conn) -> None:
+            await self._send(conn, {"goAway": {"timeLeft": time_left}})
+            await asyncio.sleep(delay)
+            await conn.ws.close(close_code, _truncate_reason(close_reason))
+
+        def schedule() -> int:
+            for conn in self._live.values():
+                conn.spawn(expire(conn))
+            return len(self._live)
+
+        return self._call(schedule)
+
+    def drop_connections(self) -> int:
+        """Abort every live connection's TCP connection without a close frame (the client sees 1006)."""
+
+        def drop() -> int:
+            for conn in self._live.values():
+                conn.ws.transport.abort()
+            return len(self._live)
+
+        return self._call(drop)
+
+    def close_connections(self, code: int = 1011, reason: str = "Internal error occurred.") -> int:
+        """Close every live connection with a close frame ``code``/``reason``."""
+
+        def close() -> int:
+            for conn in self._live.values():
+                conn.spawn(conn.ws.close(code, _truncate_reason(reason)))
+            return len(self._live)
+
+        return self._call(close)
+
+    def drop_after(self, n_messages: int) -> None:
+        """Fault hook: once the server has sent ``n_messages`` more messages (any connection, setupComplete
+        included), abort the connection that sent the last one. One-shot."""
+        with self._cond:
+            self._drop_countdown = n_messages
+
+    def reject_next_setups(self, n: int = 1, code: int = 1011, reason: str = "Internal error occurred.") -> None:
+        """Fault hook: close the next ``n`` connections right after their setup message with ``code``/``reason``."""
+        with self._cond:
+            self._reject_setups.extend([(code, reason)] * n)
+
+    # --- connection handling (server loop) -------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Any) -> Any:
+        # Not urlsplit(): it reads the "//ws" of "//ws/google.ai..." as a host name.
+        if PATH_RE.match(request.path.partition("?")[0]) is None:
+            return connection.respond(404, "Not Found\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        match = PATH_RE.match(ws.request.path.partition("?")[0])
+        assert match is not None  # _process_request refused anything else
+        headers = {k.lower(): v for k, v in ws.request.headers.raw_items()}
+        api_key = headers.get("x-goog-api-key")
+        if match["method"] == "BidiGenerateContentConstrained":
+            api_key = headers.get("authorization", "").removeprefix("Token ") or None
+        with self._cond:
+            record = SessionRecord(
+                id=f"conn_{next(self._conn_ids)}",
+                path=ws.request.path,
+                api_version=match["version"],
+                headers=headers,
+                api_key=api_key,
+            )
+            self._sessions.append(record)
+            self._changed()
+        conn = _Conn(ws, record)
+        try:
+            if await self._handshake(conn, match["version"]):
+                self._live[record.id] = conn
+                await self._serve(conn)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.error("%s: server error", record.id, exc_info=True)
+            await ws.close(1011, "Internal error occurred.")
+        finally:
+            self._live.pop(record.id, None)
+            for task in list(conn.tasks):
+                task.cancel()
+            await asyncio.gather(*conn.tasks, return_exceptions=True)
+            while not conn.turns.empty():  # turns that never got an answer started
+                self._log_turn(conn, conn.turns.get_nowait(), "", "abandoned")
+            await ws.wait_closed()
+            self._record_close(conn)
+
+    def _record_close(self, conn: _Conn) -> None:
+        protocol = conn.ws.protocol
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        if rcvd is not None and (sent is None or protocol.close_rcvd_then_sent):
+            closed_by, code, reason = "client", rcvd.code, rcvd.reason
+        elif sent is not None:
+            closed_by, code, reason = "server", sent.code, sent.reason
+        else:
+            closed_by, code, reason = "dropped", 1006, ""
+        with self._cond:
+            conn.record.open = False
+            conn.record.closed_by, conn.record.close_code, conn.record.close_reason = closed_by, code, reason
+            self._changed()
+        logger.debug("%s closed by %s: %s %s", conn.record.id, closed_by, code, reason)
+
+    async def _handshake(self, conn: _Conn, version: str) -> bool:
+        """Read and check the setup message; send setupComplete. False if the connection was refused."""
+        ws, record = conn.ws, conn.record
+        try:
+            first = json.loads(await ws.recv())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            await ws.close(1007, "Invalid JSON payload received.")
+            return False
+        setup = first.get("setup") if isinstance(first, dict) else None
+        if not isinstance(setup, dict):
+            await ws.close(1007, "The first message must be a setup message.")
+            return False
+        model = str(setup.get("model", ""))
+        resumption = _field(setup, "session_resumption")
+        handle = _field(resumption, "handle")
+        with self._cond:
+            record.setup = setup
+            record.model = model
+            record.received.append(first)
+            self._received.append(first)
+            self._setups.append(copy.deepcopy(setup))
+            reject = self._reject_setups.pop(0) if self._reject_setups else None
+            conversation = self._handles.get(handle) if handle else None
+            self._changed()
+        if conn.record.api_key not in self.valid_keys:
+            await ws.close(1008, BAD_KEY_REASON)
+            return False
+        name = model.removeprefix("models/")
+        if not self._model_ok(name):
+            await ws.close(
+                1008,
+                _truncate_reason(
+                    f"models/{name} is not found for API version {version}, or is not supported for "
+                    "bidiGenerateContent. Call ListModels to see the list of available models and their supported "
+                    "methods."
+                ),
+            )
+            return False
+        if reject is not None:
+            await ws.close(reject[0], _truncate_reason(reject[1]))
+            return False
+        if handle and conversation is None:
+            await ws.close(1008, "Session handle not found.")
+            return False
+
+        for tool in _field(setup, "tools") or []:
+            for declaration in _field(tool, "function_declarations") or []:
+                conn.functions.add(declaration.get("name"))
+        conn.modalities = _field(_field(setup, "generation_config"), "response_modalities") or ["AUDIO"]
+        conn.input_transcription = _field(setup, "input_audio_transcription") is not None
+        conn.output_transcription = _field(setup, "output_audio_transcription") is not None
+        conn.resumption = resumption is not None
+        realtime_config = _field(setup, "realtime_input_config") or {}
+        conn.manual_activity = bool(_field(_field(realtime_config, "automatic_activity_detection"), "disabled"))
+        conn.barge_in = _field(realtime_config, "activity_handling") != "NO_INTERRUPTION"
+        conn.vad = None if conn.manual_activity else _Vad(self.vad_threshold)
+        with self._cond:
+            if conversation is None:
+                conversation = f"conv_{next(self._conv_ids)}"
+                self._conversations[conversation] = []
+            else:
+                record.resumed = True
+            record.conversation_id = conversation
+            self._changed()
+        await self._send(conn, {"setupComplete": {}})
+        return True
+
+    async def _serve(self, conn: _Conn) -> None:
+        conn.spawn(self._answer_loop(conn))
+        async for raw in conn.ws:
+            try:
+                message = json.loads(raw)
+                if not isinstance(message, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                await conn.ws.close(1007, "Invalid JSON payload received.")
+                return
+            with self._cond:
+                conn.record.received.append(message)
+                self._received.append(message)
+                self._changed()
+            await self._dispatch(conn, message)
+
+    async def _dispatch(self, conn: _Conn, message: dict[str, Any]) -> None:
+        if (content := _field(message, "client_content")) is not None:
+            for turn in _field(content, "turns") or []:
+                if _field(turn, "role", "user") != "user":
+                    continue  # model turns are history the client replays, not something to answer
+                for part in _field(turn, "parts") or []:
+                    if _field(part, "text"):
+                        conn.pending_text.append(part["text"])
+            if _field(content, "turn_complete") and conn.pending_text:
+                text, conn.pending_text = " ".join(conn.pending_text), []
+                self._user_turn(conn, text, interrupt=True)
+        elif (realtime := _field(message, "realtime_input")) is not None:
+            await self._realtime_input(conn, realtime)
+        elif (tool_response := _field(message, "tool_response")) is not None:
+            for response in _field(tool_response, "function_responses") or []:
+                with self._cond:
+                    self._tool_responses.append(response)
+                    self._changed()
+                waiter = conn.tool_waits.pop(response.get("id"), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(response)
+        elif _field(message, "context_update") is not None:
+            pass  # recorded; nothing to answer
+        elif "setup" in message:
+            await conn.ws.close(1007, "Setup must be the first message, and only the first.")
+        else:
+            await conn.ws.close(1007, "Invalid JSON payload received. Unknown message type.")
+
+    async def _realtime_input(self, conn: _Conn, realtime: dict[str, Any]) -> None:
+        blobs = list(_field(realtime, "media_chunks") or [])
+        if (audio := _field(realtime, "audio")) is not None:
+            blobs.append(audio)
+        for blob in blobs:
+            mime = str(_field(blob, "mime_type") or "")
+            if not mime.startswith("audio/pcm"):
+                continue  # video frames and the like: recorded, not understood
+            rate_match = re.search(r"rate=(\d+)", mime)
+            rate = int(rate_match.group(1)) if rate_match else INPUT_RATE
+            try:
+                pcm = _b64decode(_field(blob, "data") or "")
+            except (binascii.Error, ValueError):
+                await conn.ws.close(1007, "Invalid value at 'realtime_input.audio.data': invalid base64.")
+                return
+            if conn.vad is not None:
+                for event, voiced_ms in conn.vad.feed(pcm, rate):
+                    if event == "start":
+                        self._barge_in(conn)
+                    else:
+                        await self._heard(conn, voiced_ms)
+            elif conn.manual_active:
+                conn.manual_samples += len(pcm) // 2 * INPUT_RATE // rate  # counted at 16 kHz
+        if _field(realtime, "audio_stream_end") and conn.vad is not None:
+            if voiced_ms := conn.vad.flush():
+                await self._heard(conn, voiced_ms)
+        if _field(realtime, "activity_start") is not None and conn.manual_activity:
+            conn.manual_active, conn.manual_samples = True, 0
+            self._barge_in(conn)
+        if _field(realtime, "activity_end") is not None and conn.manual_activity and conn.manual_active:
+            conn.manual_active = False
+            await self._heard(conn, conn.manual_samples * 1000 // INPUT_RATE)
+        if text := _field(realtime, "text"):
+            self._user_turn(conn, text, interrupt=True)
+
+    async def _heard(self, conn: _Conn, ms: int) -> None:
+        text = f"<heard {ms} ms of audio>"
+        if conn.input_transcription:
+            await self._send(conn, {"serverContent": {"inputTranscription": {"text": text}}})
+        self._user_turn(conn, text, interrupt=False)  # speech already barged in when it started
+
+    def _barge_in(self, conn: _Conn) -> None:
+        if conn.answering and conn.barge_in:
+            conn.interrupt.set()
+
+    def _user_turn(self, conn: _Conn, text: str, *, interrupt: bool) -> None:
+        if interrupt:
+            self._barge_in(conn)
+        conn.turns.put_nowait(text)
+
+    def _log_turn(self, conn: _Conn, text: str, reply: str, status: str) -> None:
+        with self._cond:
+            self._conversations[conn.record.conversation_id] += [
+                {"role": "user", "text": text, "session": conn.record.id},
+                {"role": "model", "text": reply, "session": conn.record.id, "status": status},
+            ]
+            self._changed()
+
+    async def _send(self, conn: _Conn, message: dict[str, Any]) -> None:
+        await conn.ws.send(json.dumps(message).encode())  # binary frame, as the real service sends
+        with self._cond:
+            conn.record.sent.append(message)
+            conn.record.sent_at.append(time.perf_counter())
+            drop = False
+            if self._drop_countdown is not None:
+                self._drop_countdown -= 1
+                if self._drop_countdown <= 0:
+                    self._drop_countdown, drop = None, True
+            self._changed()
+        if drop:
+            conn.ws.transport.abort()
+
+    # --- answering (server loop) -----------------------------------------------------------------------------------
+
+    async def _answer_loop(self, conn: _Conn) -> None:
+        while True:
+            text = await conn.turns.get()
+            conn.interrupt.clear()
+            conn.answering = True
+            status, reply = "abandoned", ""
+            try:
+                status, reply = await self._answer(conn, text)
+            finally:
+                conn.answering = False
+                self._log_turn(conn, text, reply, status)
+
+    async def _pause(self, conn: _Conn, seconds: float) -> bool:
+        """Sleep (or just yield, if not realtime); True if the answer was interrupted meanwhile."""
+        if seconds > 0 and self.realtime:
+            try:
+                await asyncio.wait_for(conn.interrupt.wait(), seconds)
+            except TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(0)
+        return conn.interrupt.is_set()
+
+    async def _interrupted(self, conn: _Conn, reply: str) -> tuple[str, str]:
+        await self._send(conn, {"serverContent": {"interrupted": True}})
+        await self._send(conn, {"serverContent": {"turnComplete": True}})
+        return "interrupted", reply
+
+    async def _answer(self, conn: _Conn, text: str) -> tuple[str, str]:
+        """Answer one user turn; return (status, reply text)."""
+        if "trigger_gesture" in conn.functions and self._gesture_trigger(text):
+            call_id = f"function-call-{uuid.uuid4().int % 10**18}"
+            waiter = asyncio.get_running_loop().create_future()
+            conn.tool_waits[call_id] = waiter
+            call = {"id": call_id, "name": "trigger_gesture", "args": self.gesture_args}
+            await self._send(conn, {"toolCall": {"functionCalls": [call]}})
+            interrupt = asyncio.ensure_future(conn.interrupt.wait())
+            try:
+                await asyncio.wait([waiter, interrupt], timeout=self.tool_timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                interrupt.cancel()
+                conn.tool_waits.pop(call_id, None)
+            if conn.interrupt.is_set():
+                await self._send(conn, {"toolCallCancellation": {"ids": [call_id]}})
+                return await self._interrupted(conn, "")
+            if not waiter.done():
+                logger.warning("%s: no tool response for %s within %s s", conn.record.id, call_id, self.tool_timeout)
+
+        reply = self.reply(text)
+        duration = len(reply) * self.ms_per_char / 1000
+        pieces = _transcript_pieces(reply)
+        events: list[tuple[float, dict[str, Any]]] = []
+        if "TEXT" in conn.modalities:
+            for i, piece in enumerate(pieces):
+                message = {"serverContent": {"modelTurn": {"parts": [{"text": piece}]}}}
+                events.append((i * duration / len(pieces), message))
+        else:
+            for i in range(max(1, math.ceil(duration * 1000 / CHUNK_MS))):
+                data = base64.b64encode(SYLLABLE_CHUNKS[i % len(SYLLABLE_CHUNKS)]).decode()
+                part = {"inlineData": {"mimeType": OUTPUT_MIME, "data": data}}
+                events.append((i * CHUNK_MS / 1000, {"serverContent": {"modelTurn": {"parts": [part]}}}))
+            if conn.output_transcription:
+                for i, piece in enumerate(pieces):
+                    message = {"serverContent": {"outputTranscription": {"text": piece}}}
+                    events.append((i * duration / len(pieces), message))
+            events.sort(key=lambda event: event[0])  # stable: audio before the transcript piece due at the same time
+
+        start = time.monotonic()
+        for due, message in events:
+            if await self._pause(conn, start + due - time.monotonic()):
+                return await self._interrupted(conn, reply)
+            await self._send(conn, message)
+        if await self._pause(conn, start + duration - time.monotonic()):
+            return await self._interrupted(conn, reply)
+        await self._send(conn, {"serverContent": {"generationComplete": True}})
+        await self._send(conn, {"serverContent": {"turnComplete": True}})
+        if conn.resumption:
+            handle = f"handle-{uuid.uuid4().hex}"
+            with self._cond:
+                self._handles[handle] = conn.record.conversation_id
+                self._changed()
+            await self._send(conn, {"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
+        return "complete", reply
