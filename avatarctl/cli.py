@@ -115,11 +115,14 @@ def status(state: State) -> None:
         f"brain:      {reply['brain']} ({reply['brain_state']})",
         f"uptime:     {reply['uptime_s']} s",
         f"frames:     {reply['frames_rendered']} rendered, {reply['frames_dropped']} dropped",
-        f"turns:      {reply['turns']}, interrupts: {reply['interrupts']}",
+        f"turns:      {reply['turns']}, interrupts: {reply['interrupts']}, brain reconnects: {reply['reconnects']}",
         f"clients:    {reply['clients']}",
         "latency:    " + (f"{latency['total_ms']} ms (input->audio {latency['input_to_audio_ms']} ms, "
                           f"audio->frame {latency['audio_to_frame_ms']} ms)" if latency else "no turn yet"),
     ]
+    p95 = {k: v for k, v in (reply.get("latency_p95_ms") or {}).items() if v is not None}
+    if p95:
+        lines.append("p95:        " + ", ".join(f"{name.replace('_', ' ')} {value} ms" for name, value in p95.items()))
     if reply.get("server"):
         lines.append(f"server:     {reply['server']}")
     click.echo("\n".join(lines))

@@ -251,6 +251,27 @@ class _StreamChannel(trio.abc.ReceiveChannel[T]):
         await self._channel.aclose()
 
 
+def _run_private_loop(main) -> None:
+    """``asyncio.Runner(loop_factory=SelectorEventLoop).run(main)``, with the same clean-up on Python 3.10."""
+    if hasattr(asyncio, "Runner"):  # Python >= 3.11
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            runner.run(main)
+        return
+    loop = asyncio.SelectorEventLoop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
 @asynccontextmanager
 async def open_asyncio_loop(*, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> AsyncIterator[AsyncioLoop]:
     """Start a private asyncio loop in a daemon thread for the duration of the block.
@@ -273,8 +294,7 @@ async def open_asyncio_loop(*, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> As
 
     def thread_main() -> None:
         try:
-            with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
-                runner.run(serve())
+            _run_private_loop(serve())
         except BaseException:
             logger.error("asyncio loop thread failed", exc_info=True)
         finally:

@@ -19,7 +19,7 @@ import signal
 
 import trio
 
-from . import sd_notify
+from . import metrics, sd_notify
 from .builtin_renderer import BuiltinRenderer
 from .config import Config
 from .control import serve_control
@@ -28,7 +28,7 @@ from .fanout import RENDER_QUEUE, FanOut
 from .hub import Hub
 from .keyword_gestures import DEFAULT_KEYWORDS, KeywordGestures, load_keywords
 from .latency import LatencyMeter
-from .local_io import load_audio_file, start_local_io
+from .local_io import LocalSetup, prepare, start_local_io
 from .local_brain import LocalBrain
 
 logger = logging.getLogger("avatard.app")
@@ -59,25 +59,23 @@ def main(config: Config) -> None:
 
     OpenCV's window must own the main thread (see avatard.window), which then also takes the signals.
     """
-    if config.wants_speaker or config.wants_microphone:
-        from .devices import sounddevice
-        # Load PortAudio now, on one thread: it fails fast when missing, and sounddevice mutes stderr
-        # (process-wide) while PortAudio starts, which would swallow other threads' log lines.
-        sounddevice()
+    if config.wants_window:
+        from .window import check_display
+        check_display()  # before any window call: OpenCV's Qt aborts the process without a display
+    setup = prepare(config)  # audio file and sound devices: fails with one line before anything runs
     if not config.wants_window:
-        trio.run(run, config)
+        trio.run(run, config, None, setup)
         return
-    from .window import Window, check_display
-    check_display()  # before any window call: OpenCV's Qt aborts the process without a display
+    from .window import Window
     window = Window(config.fps)
-    window.run(functools.partial(trio.run, run, config, window))
+    window.run(functools.partial(trio.run, run, config, window, setup))
 
 
-async def run(config: Config, window=None) -> None:
+async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> None:
     """The daemon in one root nursery. With a ``window``, the caller's main thread handles signals."""
-    audio = await load_audio_file(config)
     events = EventBus()
-    latency = LatencyMeter(events)
+    registry = metrics.make_registry()
+    latency = LatencyMeter(events, registry)
     renderer = make_renderer(config, events, latency)
     brain = make_brain(config, renderer, events, latency)
     logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
@@ -89,6 +87,8 @@ async def run(config: Config, window=None) -> None:
     brain.on_gesture = lambda name: hub.gesture(name, brain.name)
     fanout = FanOut(lambda: renderer.generation)
     hub.fanout = fanout
+    hub.registry = registry
+    metrics.bind(registry, hub.status)
 
     async with trio.open_nursery() as nursery:
         stop = functools.partial(_begin_shutdown, nursery.cancel_scope, hub)
@@ -103,7 +103,7 @@ async def run(config: Config, window=None) -> None:
         if config.server:
             from .ws_server import serve_ws
             await nursery.start(serve_ws, config, hub, fanout)
-        await start_local_io(nursery, config, hub, fanout, window, audio)
+        await start_local_io(nursery, config, hub, fanout, window, setup)
         nursery.start_soon(sd_notify.watchdog, lambda: renderer.frames_rendered > 0)
         sd_notify.notify("READY=1")
         events.publish("status", status="listening")

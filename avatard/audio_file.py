@@ -89,6 +89,7 @@ class AudioFileSource:
             for k, offset in enumerate(range(0, len(stream), CHUNK)):
                 await trio.sleep_until(start + k * CHUNK / RATE)
                 await self._hub.user_audio(stream[offset:offset + CHUNK], "audio_file")
+            await trio.sleep_until(start + len(stream) / RATE)  # the last chunk's 20 ms, so a replay follows on time
         finally:
             self.playing = False
 

@@ -114,6 +114,8 @@ class BuiltinRenderer:
         generation = self._speech.generation
         audio, real = self._speech.take(self.samples_per_frame)
         self._track_speaking(real)
+        if not real:
+            self._latency.silent_frame_out()
         pose = self._animator.next_pose(audio)
         image = face.draw(pose, self.width, self.height)
         frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,

@@ -18,6 +18,7 @@ would paraphrase, and an operator announcement must come out exactly as typed.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import functools
@@ -66,7 +67,9 @@ END_OF_SPEECH_DELAY = END_SILENCE_BLOCKS * BLOCK / RATE
 def _retryable_errors() -> tuple[type[BaseException], ...]:
     import websockets.exceptions
     from google.genai import errors
-    return (errors.APIError, OSError, websockets.exceptions.WebSocketException, TimeoutError, AsyncioCancelledError)
+    # asyncio.TimeoutError is TimeoutError only from Python 3.11 on.
+    return (errors.APIError, OSError, websockets.exceptions.WebSocketException, TimeoutError, asyncio.TimeoutError,
+            AsyncioCancelledError)
 
 
 class GeminiBrain:

@@ -40,6 +40,7 @@ class Hub:
         self.started = time.monotonic()
         self.interrupts = 0
         self.fanout = None  # set by the app (frame drop counters)
+        self.registry = None  # set by the app: the Prometheus registry behind GET /metrics
         self.ws_server = None  # set in server mode (client counters)
         self.audio_file = None  # set with --audio-file: what replay() restarts
         self.local_io: dict = {}  # name -> speaker, microphone, window, recorder, audio file (each has info())
@@ -52,11 +53,13 @@ class Hub:
         self.interrupts += 1
         self.brain.interrupt()
         dropped = self.renderer.interrupt()
-        self.latency.cancel()
+        self.latency.interrupted()
         for hook in self._interrupt_hooks:
             hook()
         logger.info("interrupt from %s (%d queued samples discarded)", source, dropped)
         self.events.publish("status", status="interrupted", source=source)
+        if not self.renderer.speaking:  # otherwise the renderer says "listening" with its next, silent frame
+            self.events.publish("status", status="listening")
 
     def gesture(self, name: str, source: str) -> None:
         try:
@@ -111,7 +114,11 @@ class Hub:
             "ticks_skipped": r.ticks_skipped,
             "turns": self.brain.turns,
             "interrupts": self.interrupts,
+            "reconnects": getattr(self.brain, "reconnects", 0),
             "events_dropped": self.events.dropped,
+            "bytes_sent": self.ws_server.bytes_sent if self.ws_server else 0,
+            "video_dropped": self.ws_server.video_dropped if self.ws_server else 0,
+            "latency_p95_ms": self.latency.p95_ms(),
             "clients": len(self.ws_server.clients) if self.ws_server else 0,
             "client_list": [dict(id=c.id, **c.info()) for c in self.ws_server.clients.values()] if self.ws_server else [],
             "last_latency": self.latency.last,

@@ -12,7 +12,11 @@ import json
 import logging
 import re
 import time
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from .errors import ConfigError
 from .hub import Refused

@@ -1,4 +1,4 @@
-"""The local parts of the daemon, started in the root nursery: window feed, recorder, speaker, microphone, audio file.
+"""The local parts of the daemon, started in the root nursery: recorder, speaker, microphone, window feed, audio file.
 
 Which run depends on the mode (see ``Config.wants_*``):
 
@@ -6,27 +6,50 @@ Which run depends on the mode (see ``Config.wants_*``):
     --server                  none of the devices; --local-display adds the window
     either                    --audio-file streams the file as the user's voice; --record writes an .mp4
 
-Device modules (sounddevice, PortAudio) are imported only when a device is wanted, so a server needs
-neither. Every part registers in ``hub.local_io`` so ``avatarctl status`` shows its counters.
+:func:`prepare` does the fallible work first, on the main thread and before anything runs: decode the
+audio file, load PortAudio, choose the devices. A failure there is one line and exit code 2, with no
+socket bound and no window opened. Device modules (sounddevice, PortAudio) are imported only when a
+device is wanted, so a server needs neither. Every part registers in ``hub.local_io`` so ``avatarctl
+status`` shows its counters.
 """
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import trio
 
 from .config import Config
 
 
-async def load_audio_file(config: Config) -> np.ndarray | None:
-    """Decode ``--audio-file`` before anything starts, so a bad file stops start-up with one line."""
-    if config.audio_file is None:
-        return None
-    from .audio_file import load
-    return await trio.to_thread.run_sync(load, config.audio_file)
+@attrs.frozen
+class LocalSetup:
+    """What the local parts need, prepared before start-up (None: not wanted)."""
+
+    output: object | None = None  # devices.Choice for the speaker
+    input: object | None = None  # devices.Choice for the microphone
+    audio: np.ndarray | None = attrs.field(default=None, eq=False)  # the decoded --audio-file
 
 
-async def start_local_io(nursery: trio.Nursery, config: Config, hub, fanout, window, audio: np.ndarray | None) -> None:
+def prepare(config: Config) -> LocalSetup:
+    """Decode the audio file and choose the sound devices; raises ConfigError (one line) on failure.
+
+    Runs on the main thread before trio starts: sounddevice mutes stderr (process-wide) while PortAudio
+    initialises, which would swallow other threads' log lines.
+    """
+    audio = None
+    if config.audio_file is not None:
+        from .audio_file import load
+        audio = load(config.audio_file)
+    if not (config.wants_speaker or config.wants_microphone):
+        return LocalSetup(audio=audio)
+    from . import devices
+    return LocalSetup(output=devices.choose(config.output_device, "output") if config.wants_speaker else None,
+                      input=devices.choose(config.input_device, "input") if config.wants_microphone else None,
+                      audio=audio)
+
+
+async def start_local_io(nursery: trio.Nursery, config: Config, hub, fanout, window, setup: LocalSetup) -> None:
     """Start the wanted parts in ``nursery`` (borrowed: they live as long as the daemon); returns once all run."""
     if config.record is not None:
         from .recorder import Recorder
@@ -34,27 +57,23 @@ async def start_local_io(nursery: trio.Nursery, config: Config, hub, fanout, win
                             current_generation=lambda: hub.renderer.generation)
         await nursery.start(recorder.run, fanout)
         hub.local_io["recorder"] = recorder
-    if config.wants_speaker:
-        from . import devices
+    if setup.output is not None:
         from .speaker import Speaker
-        choice = await trio.to_thread.run_sync(devices.choose, config.output_device, "output")
-        speaker = Speaker(choice, lambda: hub.renderer.generation)
+        speaker = Speaker(setup.output, lambda: hub.renderer.generation)
         hub.on_interrupt(speaker.flush)
         await nursery.start(speaker.run, fanout)
         hub.local_io["speaker"] = speaker
-    if config.wants_microphone:
-        from . import devices
+    if setup.input is not None:
         from .microphone import Microphone
-        choice = await trio.to_thread.run_sync(devices.choose, config.input_device, "input")
-        microphone = Microphone(choice, hub, barge_in=config.barge_in_enabled)
+        microphone = Microphone(setup.input, hub, barge_in=config.barge_in_enabled)
         await nursery.start(microphone.run)
         hub.local_io["microphone"] = microphone
     if window is not None:  # after the devices: the window opens only once they all work
         await nursery.start(window.feed, fanout)
         hub.local_io["window"] = window
-    if audio is not None:
+    if setup.audio is not None:
         from .audio_file import AudioFileSource
-        source = AudioFileSource(hub, audio, config.audio_file)
+        source = AudioFileSource(hub, setup.audio, config.audio_file)
         hub.audio_file = source
         await nursery.start(source.run)
         hub.local_io["audio_file"] = source

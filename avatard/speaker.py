@@ -58,14 +58,15 @@ class SampleRing:
 
     def write(self, samples: np.ndarray) -> None:
         capacity = len(self._buffer)
-        samples = samples[-capacity:]
         with self._lock:
             excess = self._count + len(samples) - capacity
             if excess > 0:
-                self._start = (self._start + excess) % capacity
-                self._count -= excess
                 self.overflows += 1
                 self.dropped_samples += excess
+                samples = samples[max(0, len(samples) - capacity):]
+                queued_excess = self._count + len(samples) - capacity
+                self._start = (self._start + queued_excess) % capacity
+                self._count -= queued_excess
             end = (self._start + self._count) % capacity
             first = min(len(samples), capacity - end)
             self._buffer[end:end + first] = samples[:first]

@@ -203,8 +203,9 @@ class Window:
             key = cv2.waitKey(1)
             if key != -1 and (key & 0xFF) in KEYS:
                 self._key(KEYS[key & 0xFF])
-            if cv2.getWindowProperty(TITLE, cv2.WND_PROP_VISIBLE) < 1:
+            if not _visible():
                 self._stop_reason = "window closed"
+                opened = False  # Qt has destroyed it: no more waitKey on it
 
     def _key(self, action: str) -> None:
         self.keys += 1
@@ -242,6 +243,14 @@ def _key_action(hub, action: str) -> None:
             hub.gesture(WAVE, "keyboard")
     except Refused as exc:
         logger.warning("key %s: %s", action, exc)
+
+
+def _visible() -> bool:
+    # Closing the last window makes Qt drop OpenCV's GUI receiver; asking then raises instead of saying 0.
+    try:
+        return cv2.getWindowProperty(TITLE, cv2.WND_PROP_VISIBLE) >= 1
+    except cv2.error:
+        return False
 
 
 def _use_system_fonts() -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import trio
 import trio_websocket
 
+from . import metrics
 from . import ws_protocol as wire
 from .audio import RATE, StreamResampler, downmix, pcm16_to_array
 from .errors import ConfigError, ProtocolError
@@ -138,8 +139,18 @@ class WsServer:
         self.clients: dict[str, Client] = {}
         self._ids = itertools.count(1)
         self.refused = 0
+        self._closed_bytes = 0  # bytes_sent of clients that have left, so the total only grows
+        self._closed_video_dropped = 0
         self.port: int | None = None
         hub.on_interrupt(self._flush_audio)
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._closed_bytes + sum(c.bytes_sent for c in self.clients.values())
+
+    @property
+    def video_dropped(self) -> int:
+        return self._closed_video_dropped + sum(c.video_dropped for c in self.clients.values())
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -151,7 +162,9 @@ class WsServer:
             except OSError as exc:
                 raise ConfigError(f"--port: cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}") from None
             self.port = listeners[0].socket.getsockname()[1]
-            logger.info("serving http://%s:%d/ (WebSocket at / and /ws)", self.config.host, self.port)
+            shown = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+            logger.info("open http://%s:%d/ in a browser (WebSocket at / and /ws; listening on %s)", shown, self.port,
+                        self.config.host)
             task_status.started(self.port)
 
     # -- fan-out to clients -----------------------------------------------------------------------
@@ -199,6 +212,8 @@ class WsServer:
                 await self._websocket(ReplayStream(stream, head.raw), head, remote)
             elif head.method not in ("GET", "HEAD"):
                 await respond(stream, head, 405, b"method not allowed\n", "text/plain", (("allow", "GET, HEAD"),))
+            elif head.path == "/metrics":
+                await respond(stream, head, 200, metrics.render(self.hub.registry), metrics.CONTENT_TYPE)
             elif head.path == "/healthz":
                 await respond_json(stream, head, 200, {"ok": True, "clients": len(self.clients)})
             elif (found := static_file(head.path)) is not None:
@@ -255,6 +270,8 @@ class WsServer:
                     nursery.start_soon(_until_done, functools.partial(self._reader, client), nursery.cancel_scope)
         finally:
             del self.clients[client.id]
+            self._closed_bytes += client.bytes_sent
+            self._closed_video_dropped += client.video_dropped
             with trio.CancelScope(shield=True):
                 if client.too_slow:
                     logger.warning("%s fell more than %d chunks behind; disconnecting", client.id, MAX_AUDIO_BACKLOG)

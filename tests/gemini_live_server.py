@@ -799,7 +799,7 @@ class GeminiLiveTestServer:
         if seconds > 0 and self.realtime:
             try:
                 await asyncio.wait_for(conn.interrupt.wait(), seconds)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # an alias of TimeoutError only from Python 3.11
                 pass
         else:
             await asyncio.sleep(0)

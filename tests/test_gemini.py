@@ -207,3 +207,18 @@ def test_say_is_spoken_verbatim_without_a_model_turn(gemini_daemon, live):
     said = [e for e in events if e["event"] == "transcription"]
     assert said[-1]["text"] == "The shop closes in ten minutes." and said[-1]["role"] == "assistant"
     assert not [m for m in live.received if "client_content" in m or "clientContent" in m]
+
+
+def test_turns_sent_while_reconnecting_are_kept_and_answered(gemini_daemon, live):
+    ask_and_wait_answer(gemini_daemon, "before the outage")
+    live.reject_next_setups(2, code=1011)  # the next two reconnects fail: the brain backs off
+    watcher = gemini_daemon.control()
+    watcher.request("subscribe", events=["status", "transcription"])
+    live.drop_connections()
+    watcher.events_until(lambda e: e.get("status") == "brain_reconnecting", 10)
+    assert gemini_daemon.ctl("ask", "during the outage").returncode == 0
+    events = watcher.events_until(lambda e: e.get("role") == "assistant" and e["is_final"]
+                                  and "during the outage" in e["text"], 30)
+    attempts = [e for e in events if e.get("status") == "brain_reconnecting"]
+    assert len(attempts) >= 2, "it backed off and retried"
+    assert [e["text"] for e in events if e.get("role") == "user"] == ["during the outage"]

@@ -259,3 +259,22 @@ async def test_a_stalled_client_never_slows_the_others(server):
             await trio.sleep(0.5)
         assert not stalled or stalled[0]["video_dropped"] > 0, "the stalled client loses video frames, not the others"
     await stalled_stream.aclose()
+
+
+def test_metrics_match_status(server):
+    server.ctl("say", "Counting frames for the metrics endpoint.")
+    server.ctl("interrupt")
+    time.sleep(0.3)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics") as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.read().decode()
+    status = server.status()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert values["avatard_interrupts_total"] == status["interrupts"] == 1
+    assert 0 < values["avatard_frames_rendered_total"] <= status["frames_rendered"]
+    assert values["avatard_latency_interrupt_to_silence_seconds_count"] == 1
+    assert values["avatard_latency_interrupt_to_silence_seconds_sum"] < 0.08
+    assert status["latency_p95_ms"]["interrupt_to_silence"] <= 80
+    for name in ("avatard_clients", "avatard_bytes_sent_total", "avatard_turns_total", "avatard_brain_reconnects_total",
+                 "avatard_frames_dropped_total", "avatard_latency_input_to_audio_seconds_count"):
+        assert name in values, name

@@ -1,0 +1,57 @@
+"""``GET /metrics``: the daemon's numbers in Prometheus text format (prometheus-client).
+
+Counters and gauges are read at scrape time from the same sources ``avatarctl status`` reads
+(:meth:`Hub.status`), so the two never disagree; latency histograms live in :mod:`avatard.latency`.
+The registry is private to the daemon (no process-global default registry).
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+
+# status() key -> (metric name, help); counters only ever grow.
+COUNTERS = {
+    "frames_rendered": ("avatard_frames_rendered", "Frames the renderer produced."),
+    "frames_dropped": ("avatard_frames_dropped", "Frames dropped before reaching a sink (renderer queue or a sink's channel)."),
+    "video_dropped": ("avatard_client_video_dropped", "Video frames dropped for slow WebSocket clients."),
+    "bytes_sent": ("avatard_bytes_sent", "Bytes sent to WebSocket clients."),
+    "turns": ("avatard_turns", "User turns."),
+    "interrupts": ("avatard_interrupts", "Interrupts (barge-in, clients, operators)."),
+    "reconnects": ("avatard_brain_reconnects", "Times the brain's connection was re-established."),
+    "events_dropped": ("avatard_events_dropped", "Events dropped for subscribers that did not read."),
+}
+
+
+class StatusCollector:
+    def __init__(self, status) -> None:
+        self._status = status
+
+    def collect(self):
+        status = self._status()
+        for key, (name, doc) in COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=status.get(key) or 0)
+        yield GaugeMetricFamily("avatard_clients", "Connected WebSocket clients.", value=status["clients"])
+        yield GaugeMetricFamily("avatard_uptime_seconds", "Seconds since start.", value=status["uptime_s"])
+        yield GaugeMetricFamily("avatard_speaking", "1 while the avatar speaks.", value=int(status["speaking"]))
+        depth = GaugeMetricFamily("avatard_client_queue_depth", "Messages queued for each WebSocket client.", labels=["client"])
+        for client in status["client_list"]:
+            depth.add_metric([client["id"]], client["queued"])
+        yield depth
+        brain = GaugeMetricFamily("avatard_brain_connected", "1 while the brain is connected.", labels=["brain"])
+        brain.add_metric([status["brain"]], int(status["brain_state"] == "connected"))
+        yield brain
+
+
+def make_registry() -> prometheus_client.CollectorRegistry:
+    return prometheus_client.CollectorRegistry(auto_describe=True)
+
+
+def bind(registry: prometheus_client.CollectorRegistry, status) -> None:
+    registry.register(StatusCollector(status))
+
+
+def render(registry: prometheus_client.CollectorRegistry) -> bytes:
+    return prometheus_client.generate_latest(registry)

@@ -1,0 +1,400 @@
+"""Latency the daemon adds: model audio in -> lip-synced audio out, and interrupt -> silence on every client.
+
+A real ``avatard --server`` with the Gemini brain talks to the Live test server (tests/gemini_live_server.py,
+in a thread of this process) with ``realtime=False``: the server answers every turn at once, so any time
+between the model's audio and a client hearing it is the daemon's. ``--clients`` WebSocket clients
+(default 3) read everything. Each of N turns (after ``--warmup`` uncounted ones):
+
+1. client 1 sends ``text_input``; every client waits for its first non-silent audio chunk;
+2. (a) **model audio -> speech out**: from the server's ``sent_at`` of the turn's first audio message
+   (``time.perf_counter()`` once the frame is written to its TLS socket; same process, same clock) to each
+   client receiving the first non-silent audio chunk. The receive time is an upper bound for "leaving the
+   WebSocket": it adds this process's own scheduling and the server thread competing for the GIL. Split
+   with the chunk's header timestamp (the renderer tick it belongs to, wall clock) into *audio -> its tick*
+   (the wait for the clock: at 25 fps up to 40 ms by design) and *tick -> client* (render, JPEG, send);
+3. 0.15-0.6 s later (random, so interrupts do not align with ticks) an interrupt, rotating through three
+   paths: a WebSocket ``control`` message from client 1, the control socket's ``interrupt`` request (what
+   ``avatarctl interrupt`` sends, timed from the request), and the real ``avatarctl interrupt`` process
+   (timed from the daemon's own ``interrupted`` event timestamp: the CLI's ~0.3 s Python start-up is not
+   the daemon's, and is printed on its own);
+4. (b) **interrupt -> silence**, per client: until ``status: interrupted`` has arrived AND the first audio
+   chunk after it has arrived silent. Non-silent chunks after ``interrupted`` are counted as leaks (must be
+   0). Also shown: the first silent chunk whatever its order relative to the status.
+
+Side by side: the same loop against the offline brain (espeak; no model, so only end to end text -> first
+speech) as the baseline, and the daemon's own histograms from ``GET /metrics`` over the counted turns
+(``avatard_latency_audio_to_frame_seconds``: brain hands audio over -> its frame rendered;
+``avatard_latency_interrupt_to_silence_seconds``: interrupt -> first silent frame rendered). Goals: (a) and
+(b) p95 <= 40 ms (one frame at 25 fps).
+
+    /work/venv/bin/python bench/latency.py [--turns 30] [--clients 3] [--warmup 2] [--no-local] [--no-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+
+import attrs
+import trio
+import trio_websocket
+
+import _common as c
+import _gemini as g
+from avatard import ws_protocol as wire
+
+GOAL_MS = 40.0  # one frame at 25 fps
+TURN_TIMEOUT = 20.0  # first speech after text_input; espeak + a cold start on a loaded box take ~2 s
+INTERRUPT_TIMEOUT = 5.0
+INTERRUPT_DELAY_S = (0.15, 0.6)  # after speech reached every client; the answers last ~2.5 s
+AFTER_INTERRUPT_S = 0.4  # keep reading after the cut: any speech arriving now is a leak
+# The bench wakes up on a received chunk, i.e. in step with the renderer's ticks; a fixed pause would send
+# every turn at the same phase of the 40 ms tick and measure one point of the wait for the clock. A
+# random extra of up to one frame spreads the turns over the whole tick.
+PHASE_JITTER_S = 0.04
+CONNECT_TIMEOUT = 20.0
+METHODS = ("ws", "control", "avatarctl")
+REPLY_MS_PER_CHAR = 60  # the test server's talking speed: "You said: latency turn 12 ..." is ~2.5 s of speech
+
+
+@attrs.define
+class View:
+    """One client's view of one turn; perf_counter() times unless said otherwise."""
+
+    speech_at: float | None = None  # first non-silent audio chunk
+    speech_tick: float | None = None  # its header timestamp (wall clock: the renderer tick)
+    interrupting: bool = False  # the bench has started an interrupt (set before it is sent)
+    silent_at: float | None = None  # first silent chunk after that
+    status_at: float | None = None  # `interrupted` status arrived
+    status_stamp: float | None = None  # its data.timestamp (daemon wall clock at publish)
+    after_status_at: float | None = None  # first audio chunk after the status
+    after_status_silent: bool | None = None
+    leaks: int = 0  # non-silent chunks after the status
+    listening: bool = False  # `listening` status after the status
+
+
+@attrs.define
+class Client:
+    ws: trio_websocket.WebSocketConnection
+    view: View | None = None
+
+
+@attrs.define
+class Turn:
+    method: str
+    sent_at: float  # text_input sent (perf)
+    t0: float | None = None  # interrupt sent (perf); None for avatarctl (see stamp)
+    views: list[View] = attrs.Factory(list)
+    ctl_seconds: float | None = None  # avatarctl process: spawn to exit
+    model_audio_at: float | None = None  # the test server's sent_at of the first audio message (perf)
+
+
+@attrs.define
+class Run:
+    brain: str
+    turns: list[Turn]
+    histograms: dict[str, g.Histogram]
+    status: dict
+    wall_offset: float  # time.time() - time.perf_counter()
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.clients: list[Client] = []
+        self._changed = trio.Event()
+
+    def poke(self) -> None:
+        self._changed.set()
+
+    async def wait_for(self, predicate, timeout: float, what: str) -> None:
+        with trio.move_on_after(timeout):
+            while not predicate():
+                self._changed = trio.Event()
+                await self._changed.wait()
+            return
+        raise TimeoutError(f"{what}: not within {timeout:g} s")
+
+
+async def _reader(bench: Bench, client: Client) -> None:
+    audio_type, unpack = wire.AUDIO, wire.AUDIO_HEADER.unpack_from
+    try:
+        while True:
+            message = await client.ws.get_message()
+            now = time.perf_counter()
+            view = client.view
+            if view is None:
+                continue
+            if isinstance(message, bytes):
+                if message[0] != audio_type:
+                    continue
+                silent = g.is_silent(message)
+                if not silent and view.speech_at is None:
+                    view.speech_at, view.speech_tick = now, unpack(message)[4]
+                    bench.poke()
+                if view.interrupting and silent and view.silent_at is None:
+                    view.silent_at = now
+                if view.status_at is not None:
+                    if view.after_status_at is None:
+                        view.after_status_at, view.after_status_silent = now, silent
+                        bench.poke()
+                    if not silent:
+                        view.leaks += 1
+                continue
+            data = json.loads(message).get("data", {})
+            if data.get("status") == "interrupted" and view.status_at is None:
+                view.status_at, view.status_stamp = now, data.get("timestamp")
+            elif data.get("status") == "listening" and view.status_at is not None:
+                view.listening = True
+            bench.poke()
+    except trio_websocket.ConnectionClosed as exc:
+        print(f"warning: a client's connection closed: {exc.reason}", file=sys.stderr)
+
+
+async def _interrupt(method: str, daemon: c.Daemon, bench: Bench, turn: Turn) -> None:
+    for client in bench.clients:
+        client.view.interrupting = True
+    if method == "ws":
+        turn.t0 = time.perf_counter()
+        await bench.clients[0].ws.send_message(json.dumps({"type": "control", "data": {"command": "interrupt"}}))
+    elif method == "control":
+        turn.t0 = time.perf_counter()
+        stream = await trio.open_unix_socket(daemon.socket)
+        async with stream:
+            await stream.send_all(b'{"cmd": "interrupt"}\n')
+            reply = b""
+            while not reply.endswith(b"\n"):
+                data = await stream.receive_some(4096)
+                if not data:
+                    break
+                reply += data
+        if not json.loads(reply).get("ok"):
+            raise RuntimeError(f"control interrupt refused: {reply!r}")
+    else:
+        start = time.perf_counter()
+        done = await trio.run_process([sys.executable, "-m", "avatarctl", "--socket", daemon.socket, "interrupt"],
+                                      capture_stdout=True, capture_stderr=True, check=False,
+                                      env=c.daemon_env(None))
+        turn.ctl_seconds = time.perf_counter() - start
+        if done.returncode:
+            raise RuntimeError(f"avatarctl interrupt exited {done.returncode}: {done.stderr.decode()[-500:]}")
+
+
+async def _turn(index: int, daemon: c.Daemon, bench: Bench) -> Turn:
+    method = METHODS[index % len(METHODS)]
+    for client in bench.clients:
+        client.view = View()
+    views = [client.view for client in bench.clients]
+    turn = Turn(method, time.perf_counter(), views=views)
+    text = f"latency turn {index}: please answer"
+    await bench.clients[0].ws.send_message(json.dumps({"type": "text_input", "data": {"text": text}}))
+    await bench.wait_for(lambda: all(v.speech_at is not None for v in views), TURN_TIMEOUT, f"turn {index}: speech")
+    await trio.sleep(random.uniform(*INTERRUPT_DELAY_S))
+    await _interrupt(method, daemon, bench, turn)
+    await bench.wait_for(lambda: all(v.after_status_at is not None and v.listening for v in views), INTERRUPT_TIMEOUT,
+                         f"turn {index}: interrupted + listening")
+    await trio.sleep(AFTER_INTERRUPT_S + random.uniform(0, PHASE_JITTER_S))
+    for client in bench.clients:
+        client.view = None
+    return turn
+
+
+async def _drive(daemon: c.Daemon, clients: int, turns: int, warmup: int) -> tuple[list[Turn], dict, dict]:
+    port = g.port_of(daemon)
+    bench = Bench()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            for _ in range(clients):
+                bench.clients.append(Client(await g.connect(nursery, port)))
+        for client in bench.clients:
+            nursery.start_soon(_reader, bench, client)
+        await trio.sleep(1.0 + random.uniform(0, PHASE_JITTER_S))  # handshakes done, media flowing
+        for i in range(warmup):
+            await _turn(-1 - i, daemon, bench)
+        before = await trio.to_thread.run_sync(g.scrape_metrics, port)
+        done = []
+        for i in range(turns):
+            done.append(await _turn(i, daemon, bench))
+            if (i + 1) % 10 == 0:
+                print(f"    {i + 1}/{turns} turns", flush=True)
+        after = await trio.to_thread.run_sync(g.scrape_metrics, port)
+        status = await trio.to_thread.run_sync(daemon.status)
+        nursery.cancel_scope.cancel()
+    return done, {name: h.minus(before.get(name)) for name, h in after.items()}, status
+
+
+def _first_audio_per_turn(server: g.GeminiLiveTestServer, turns: int, warmup: int) -> list[float]:
+    """sent_at of each answer's first audio message; answers are told apart by their turnComplete."""
+    sessions = server.sessions
+    if len(sessions) != 1:
+        raise RuntimeError(f"the daemon used {len(sessions)} Live sessions; expected one (a reconnect spoils sent_at)")
+    firsts, waiting = [], True
+    for message, at in zip(sessions[0].sent, sessions[0].sent_at):
+        content = message.get("serverContent", {})
+        parts = content.get("modelTurn", {}).get("parts", [])
+        if waiting and any("inlineData" in part for part in parts):
+            firsts.append(at)
+            waiting = False
+        if content.get("turnComplete"):
+            waiting = True
+    if len(firsts) != warmup + turns:
+        raise RuntimeError(f"found {len(firsts)} answers with audio in the server's log; expected {warmup + turns}")
+    return firsts[warmup:]
+
+
+def run_gemini(clients: int, turns: int, warmup: int) -> Run:
+    with g.GeminiLiveTestServer(realtime=False, ms_per_char=REPLY_MS_PER_CHAR) as server:
+        with g.start_gemini_daemon(server, clients + 2) as daemon:
+            done, histograms, status = trio.run(_drive, daemon, clients, turns, warmup)
+        for turn, at in zip(done, _first_audio_per_turn(server, turns, warmup)):
+            turn.model_audio_at = at
+    return Run("gemini", done, histograms, status, time.time() - time.perf_counter())
+
+
+def run_local(clients: int, turns: int, warmup: int) -> Run:
+    with g.start_local_daemon(clients + 2) as daemon:
+        done, histograms, status = trio.run(_drive, daemon, clients, turns, warmup)
+    return Run("local", done, histograms, status, time.time() - time.perf_counter())
+
+
+# -- figures -------------------------------------------------------------------------------------------------
+
+def _ms(values) -> list[float]:
+    return [1e3 * v for v in values]
+
+
+def stats(values_ms: list[float]) -> str:
+    if not values_ms:
+        return "-"
+    return (f"p50 {c.percentile(values_ms, 50):.1f} / p95 {c.percentile(values_ms, 95):.1f} / "
+            f"max {max(values_ms):.1f} ms (n={len(values_ms)})")
+
+
+def speech_out(run: Run) -> list[float]:
+    """(a): model audio sent -> first speech chunk at each client."""
+    return _ms(v.speech_at - t.model_audio_at for t in run.turns if t.model_audio_at is not None for v in t.views)
+
+
+def to_tick(run: Run) -> list[float]:
+    return _ms(v.speech_tick - (t.model_audio_at + run.wall_offset) for t in run.turns
+               if t.model_audio_at is not None for v in t.views)
+
+
+def tick_to_client(run: Run) -> list[float]:
+    return _ms(v.speech_at + run.wall_offset - v.speech_tick for t in run.turns for v in t.views)
+
+
+def end_to_end(run: Run) -> list[float]:
+    return _ms(v.speech_at - t.sent_at for t in run.turns for v in t.views)
+
+
+def _origin(run: Run, turn: Turn, view: View) -> float:
+    """The interrupt's time zero on the perf clock: sent, or (avatarctl) the daemon's event timestamp."""
+    return turn.t0 if turn.t0 is not None else view.status_stamp - run.wall_offset
+
+
+def to_silence(run: Run, method: str | None = None) -> list[float]:
+    """(b): interrupt -> `interrupted` arrived and the next audio chunk arrived (silent), per client."""
+    return _ms(max(v.status_at, v.after_status_at) - _origin(run, t, v) for t in run.turns
+               if method in (None, t.method) for v in t.views)
+
+
+def to_status(run: Run, method: str | None = None) -> list[float]:
+    return _ms(v.status_at - _origin(run, t, v) for t in run.turns if method in (None, t.method) for v in t.views)
+
+
+def to_first_silent(run: Run) -> list[float]:
+    return _ms(v.silent_at - _origin(run, t, v) for t in run.turns for v in t.views if v.silent_at is not None)
+
+
+def leaks(run: Run) -> tuple[int, int]:
+    """(non-silent chunks after `interrupted`, first chunks after it that were not silent)."""
+    views = [v for t in run.turns for v in t.views]
+    return sum(v.leaks for v in views), sum(not v.after_status_silent for v in views)
+
+
+def histogram(run: Run, name: str) -> str:
+    found = run.histograms.get(f"avatard_latency_{name}_seconds")
+    return found.summary_ms() if found is not None else "not exported"
+
+
+def verdict(values_ms: list[float]) -> str:
+    return "ok" if values_ms and c.percentile(values_ms, 95) <= GOAL_MS else "MISS"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--turns", type=int, default=30, help="counted turns per brain")
+    parser.add_argument("--clients", type=int, default=3, help="WebSocket clients reading everything")
+    parser.add_argument("--warmup", type=int, default=2, help="uncounted turns first (cold caches, first resampler)")
+    parser.add_argument("--no-local", action="store_true", help="skip the offline-brain baseline")
+    parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
+    args = parser.parse_args()
+    if not 3 <= args.turns <= 1000 or not 1 <= args.clients <= 50 or not 0 <= args.warmup <= 20:
+        parser.error("--turns must be 3..1000, --clients 1..50, --warmup 0..20")
+
+    print(f"machine: {c.machine()}\nload average before: {c.loadavg()}")
+    print(f"{args.turns} turns (+{args.warmup} warm-up) per brain, {args.clients} WebSocket clients, interrupts "
+          f"rotating {'/'.join(METHODS)}; goal p95 <= {GOAL_MS:g} ms for (a) and (b)\n")
+    print("  running: Gemini brain, Live test server answering instantly ...", flush=True)
+    gem = run_gemini(args.clients, args.turns, args.warmup)
+    runs = [gem]
+    if not args.no_local:
+        print("  running: offline brain (baseline) ...", flush=True)
+        runs.append(run_local(args.clients, args.turns, args.warmup))
+    local = runs[1] if len(runs) > 1 else None
+
+    def both(fn, *fn_args) -> list[str]:
+        return [fn(gem, *fn_args), fn(local, *fn_args) if local is not None else "-"]
+
+    rows = [
+        ["(a) model audio sent -> first speech chunk at client", stats(speech_out(gem)), "n/a (no model audio)"],
+        ["    of which: audio sent -> its renderer tick", stats(to_tick(gem)), "-"],
+        ["    of which: tick -> chunk at client", *both(lambda r: stats(tick_to_client(r)))],
+        ["text_input sent -> first speech chunk (end to end)", *both(lambda r: stats(end_to_end(r)))],
+        ["daemon: audio_to_frame histogram", *both(histogram, "audio_to_frame")],
+        ["daemon: input_to_audio histogram", *both(histogram, "input_to_audio")],
+        ["(b) interrupt -> interrupted + silent chunk, all", *both(lambda r: stats(to_silence(r)))],
+        *[[f"    via {m}", *both(lambda r, m=m: stats(to_silence(r, m)))] for m in METHODS],
+        ["    interrupt -> `interrupted` status only", *both(lambda r: stats(to_status(r)))],
+        ["    interrupt -> first silent chunk (any order)", *both(lambda r: stats(to_first_silent(r)))],
+        ["daemon: interrupt_to_silence histogram", *both(histogram, "interrupt_to_silence")],
+        ["speech after `interrupted` (chunks / first-chunk misses)", *both(lambda r: "%d / %d" % leaks(r))],
+        ["avatarctl interrupt process, spawn to exit",
+         *both(lambda r: stats(_ms(t.ctl_seconds for t in r.turns if t.ctl_seconds is not None)))],
+    ]
+    print()
+    c.print_table(["measure", "gemini (test server, instant)", "offline brain (baseline)"], rows)
+    frames = [(r.brain, r.status["frames_rendered"], r.status["frames_dropped"], r.status["ticks_skipped"],
+               r.status["reconnects"]) for r in runs]
+    print("\n" + "; ".join(f"{b}: rendered {fr}, dropped {d}, ticks skipped {s}, reconnects {rc}" for b, fr, d, s, rc in frames))
+    print(f"load average after: {c.loadavg()}. (a) goal: {verdict(speech_out(gem))}; "
+          f"(b) goal: {verdict(to_silence(gem))}")
+    print("(avatarctl rows: timed from the daemon's `interrupted` event timestamp, see the docstring)")
+
+    if args.no_readme:
+        return
+    a_leaks = leaks(gem)
+    figures = [
+        ("latency: model audio -> speech out (a)",
+         f"{stats(speech_out(gem))}; of which wait for the tick p50 {c.percentile(to_tick(gem), 50):.0f} / "
+         f"p95 {c.percentile(to_tick(gem), 95):.0f} ms, tick -> client p50 {c.percentile(tick_to_client(gem), 50):.0f} / "
+         f"p95 {c.percentile(tick_to_client(gem), 95):.0f} ms; daemon histogram audio_to_frame "
+         f"{histogram(gem, 'audio_to_frame')}", f"p95 <= {GOAL_MS:g} ms"),
+        ("latency: text -> first speech, end to end",
+         f"Gemini (instant test server) {stats(end_to_end(gem))}"
+         + (f"; offline brain (espeak) {stats(end_to_end(local))}" if local else ""), "-"),
+        ("latency: interrupt -> silence on every client (b)",
+         f"{stats(to_silence(gem))} [ws {c.percentile(to_silence(gem, 'ws'), 95):.0f} / control "
+         f"{c.percentile(to_silence(gem, 'control'), 95):.0f} / avatarctl {c.percentile(to_silence(gem, 'avatarctl'), 95):.0f}"
+         f" ms p95]; speech after `interrupted`: {a_leaks[0]} chunks; daemon histogram interrupt_to_silence "
+         f"{histogram(gem, 'interrupt_to_silence')}"
+         + (f"; offline brain {stats(to_silence(local))}" if local else ""), f"p95 <= {GOAL_MS:g} ms, no speech after"),
+    ]
+    c.update_readme("latency", figures)
+
+
+if __name__ == "__main__":
+    c.run_main(main)

@@ -1,0 +1,227 @@
+"""Real devices for local-mode tests: a private PulseAudio with null sinks, a private Xvfb, and tools to
+listen to the speaker, talk into the microphone, look at the screen and close a window.
+
+PortAudio reaches PulseAudio through ALSA's "pulse" plugin (libasound2-plugins), exactly as on a
+desktop; the daemon is pointed at our server with ``PULSE_SERVER``. Sound the daemon plays lands in the
+``avatard_speaker`` null sink, whose monitor we record with ``parec``; sound we ``paplay`` into the
+``avatard_mic_feed`` null sink comes out of its monitor, remapped as the default source ``avatard_mic``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+SPEAKER_SINK = "avatard_speaker"
+MIC_FEED_SINK = "avatard_mic_feed"
+MIC_SOURCE = "avatard_mic"
+RATE = 16000
+START_TIMEOUT = 10.0
+
+PULSE_CONFIG = f"""
+load-module module-native-protocol-unix auth-anonymous=1
+load-module module-null-sink sink_name={SPEAKER_SINK}
+load-module module-null-sink sink_name={MIC_FEED_SINK}
+load-module module-remap-source source_name={MIC_SOURCE} master={MIC_FEED_SINK}.monitor
+set-default-sink {SPEAKER_SINK}
+set-default-source {MIC_SOURCE}
+"""
+
+
+def require(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    assert not missing, f"missing {missing}: install the packages in scripts/test's APT_PACKAGES"
+
+
+class Pulse:
+    """A private PulseAudio server; ``env`` points clients (the daemon, parec, paplay) at it."""
+
+    def __init__(self) -> None:
+        require("pulseaudio", "parec", "paplay", "pactl")
+        self.root = Path(tempfile.mkdtemp(prefix="pa-", dir="/tmp"))
+        (self.root / "home").mkdir()
+        runtime = self.root / "run"
+        runtime.mkdir(mode=0o700)
+        config = self.root / "default.pa"
+        config.write_text(PULSE_CONFIG)
+        self.env = {"PULSE_SERVER": f"unix:{runtime}/pulse/native"}
+        server_env = dict(os.environ, HOME=str(self.root / "home"), XDG_RUNTIME_DIR=str(runtime), **self.env)
+        self.log = open(self.root / "pulseaudio.log", "wb")
+        # -n: no default.pa but ours; --exit-idle-time=-1: stay up between tests. Root is fine without
+        # --system for a private server like this one (pulseaudio only warns).
+        self.proc = subprocess.Popen(["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "-F", str(config),
+                                      "--log-target=stderr"], env=server_env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + START_TIMEOUT
+        while subprocess.run(["pactl", "info"], env=self.client_env(), capture_output=True).returncode != 0:
+            assert self.proc.poll() is None, (self.root / "pulseaudio.log").read_text()
+            assert time.monotonic() < deadline, "pulseaudio did not start"
+            time.sleep(0.1)
+
+    def client_env(self) -> dict:
+        return dict(os.environ, **self.env)
+
+    def play(self, path: Path) -> None:
+        """Speak ``path`` into the microphone (blocks until played)."""
+        subprocess.run(["paplay", "-d", MIC_FEED_SINK, str(path)], env=self.client_env(), check=True, timeout=60)
+
+    def listen(self) -> Monitor:
+        return Monitor(self.client_env())
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Monitor:
+    """Records the speaker sink's monitor; every 10 ms chunk is stamped with its arrival time."""
+
+    CHUNK = 160  # samples: 10 ms resolution for the timing measurements
+
+    def __init__(self, env: dict) -> None:
+        self._proc = subprocess.Popen(["parec", "-d", f"{SPEAKER_SINK}.monitor", "--format=s16le", f"--rate={RATE}",
+                                       "--channels=1", "--latency-msec=10", "--raw"], env=env, stdout=subprocess.PIPE)
+        self._chunks: list[tuple[float, np.ndarray]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            data = self._proc.stdout.read(self.CHUNK * 2)
+            if not data:
+                return
+            with self._lock:
+                self._chunks.append((time.monotonic(), np.frombuffer(data, dtype="<i2").astype(np.int16)))
+
+    def chunks(self, since: float = 0.0) -> list[tuple[float, np.ndarray]]:
+        with self._lock:
+            return [c for c in self._chunks if c[0] >= since]
+
+    def samples(self, since: float = 0.0) -> np.ndarray:
+        chunks = self.chunks(since)
+        return np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0, np.int16)
+
+    def wait_for(self, predicate, timeout: float, since: float = 0.0) -> float:
+        """Arrival time of the first chunk (after ``since``) for which ``predicate(samples)`` holds."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            chunks = self.chunks(since)
+            for stamp, samples in chunks[seen:]:
+                if predicate(samples):
+                    return stamp
+            seen = len(chunks)
+            time.sleep(0.01)
+        raise TimeoutError(f"the speaker monitor showed no matching sound within {timeout} s")
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
+def loud(samples: np.ndarray, level: int = 1000) -> bool:
+    return len(samples) > 0 and int(np.abs(samples.astype(np.int32)).max()) > level
+
+
+def quiet(samples: np.ndarray, level: int = 50) -> bool:
+    return len(samples) > 0 and int(np.abs(samples.astype(np.int32)).max()) < level
+
+
+def speech_seconds(samples: np.ndarray, level: float = 300.0) -> float:
+    """Seconds of 20 ms blocks whose RMS exceeds ``level`` (speech, not the silence around it)."""
+    blocks = samples[: len(samples) // 320 * 320].astype(np.float64).reshape(-1, 320)
+    return float((np.sqrt((blocks ** 2).mean(axis=1)) > level).sum() * 0.02)
+
+
+class Xvfb:
+    """A private X server; ``display`` is its DISPLAY value."""
+
+    def __init__(self) -> None:
+        require("Xvfb", "xdotool")
+        read, write = os.pipe()
+        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                                     pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            number = pipe.readline().strip()  # Xvfb writes its display number once it accepts clients
+        assert number, "Xvfb did not start"
+        self.display = f":{number}"
+
+    def env(self) -> dict:
+        return {"DISPLAY": self.display}
+
+    def xdotool(self, *args: str, timeout: float = 10.0) -> str:
+        result = subprocess.run(["xdotool", *args], env=dict(os.environ, DISPLAY=self.display), capture_output=True,
+                                text=True, timeout=timeout)
+        assert result.returncode == 0, f"xdotool {args}: {result.stderr}"
+        return result.stdout.strip()
+
+    def find_window(self, title: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(["xdotool", "search", "--name", f"^{title}$"], env=dict(os.environ, DISPLAY=self.display),
+                                    capture_output=True, text=True)
+            if result.returncode == 0 and result.stdout.split():
+                return result.stdout.split()[0]
+            time.sleep(0.1)
+        raise TimeoutError(f"no window titled {title!r} within {timeout} s")
+
+    def press(self, window: str, key: str) -> None:
+        """Focus ``window`` and type ``key`` through XTEST, as a person at the keyboard would."""
+        self.xdotool("windowfocus", "--sync", window)
+        self.xdotool("key", key)
+
+    def screenshot(self, window: str) -> np.ndarray:
+        """The window's pixels (BGR), grabbed from the X server by ffmpeg's x11grab (through PyAV)."""
+        geometry = dict(line.split("=") for line in self.xdotool("getwindowgeometry", "--shell", window).splitlines())
+        container = av.open(self.display, format="x11grab",
+                            options={"video_size": f"{geometry['WIDTH']}x{geometry['HEIGHT']}",
+                                     "grab_x": geometry["X"], "grab_y": geometry["Y"]})
+        try:
+            return next(container.decode(video=0)).to_ndarray(format="bgr24")
+        finally:
+            container.close()
+
+    def close_window(self, window: str) -> None:
+        """Send WM_DELETE_WINDOW, what a window manager sends when the user clicks the close button."""
+        x11 = ctypes.CDLL(ctypes.util.find_library("X11") or "libX11.so.6")
+        x11.XOpenDisplay.restype = ctypes.c_void_p
+        x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+        x11.XInternAtom.restype = ctypes.c_ulong
+        x11.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+        x11.XSendEvent.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        x11.XFlush.argtypes = [ctypes.c_void_p]
+        x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+
+        class ClientMessage(ctypes.Structure):  # XClientMessageEvent, padded to sizeof(XEvent)
+            _fields_ = [("type", ctypes.c_int), ("serial", ctypes.c_ulong), ("send_event", ctypes.c_int),
+                        ("display", ctypes.c_void_p), ("window", ctypes.c_ulong), ("message_type", ctypes.c_ulong),
+                        ("format", ctypes.c_int), ("data", ctypes.c_long * 5), ("pad", ctypes.c_long * 12)]
+
+        display = x11.XOpenDisplay(self.display.encode())
+        assert display, f"cannot open {self.display}"
+        try:
+            event = ClientMessage(type=33, send_event=1, display=display, window=int(window),  # 33 = ClientMessage
+                                  message_type=x11.XInternAtom(display, b"WM_PROTOCOLS", 0), format=32)
+            event.data[0] = x11.XInternAtom(display, b"WM_DELETE_WINDOW", 0)
+            event.data[1] = 0  # CurrentTime
+            assert x11.XSendEvent(display, int(window), 0, 0, ctypes.byref(event))
+            x11.XFlush(display)
+        finally:
+            x11.XCloseDisplay(display)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)

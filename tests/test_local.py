@@ -1,0 +1,513 @@
+"""Local mode for real: sound through PortAudio -> ALSA -> a private PulseAudio, the window in a private
+Xvfb driven with xdotool, the recording opened with PyAV. Pure parts are tested in-process first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import av
+import cv2
+import numpy as np
+import pytest
+import soundfile
+import trio
+import trio.testing
+
+from avatard import audio_file, face, recorder, tts, window
+from avatard.errors import ConfigError
+from avatard.microphone import HANDOFF_BLOCKS, Microphone
+from avatard.speaker import SampleRing
+from localenv import Pulse, Xvfb, loud, speech_seconds
+
+SENTENCE = "Hello there, this is a test of the local mode, with a recorded voice."
+LONG_SENTENCE = ("This is a long sentence that keeps going and going, so that there is plenty of time "
+                 "to interrupt it somewhere in the middle of a word. ") * 2
+# Without a sound server, ALSA sees only the machine's cards; a build box or container has none.
+NO_SOUND_SERVER = {"PULSE_SERVER": "unix:/nonexistent"}
+SOUND_CARDS = os.path.exists("/proc/asound/cards") and "no soundcards" not in open("/proc/asound/cards").read()
+FLOWING_BLOCKS = 50  # speaker callbacks: PulseAudio's null sink stalls ~1.5 s after a stream opens, then flows
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return tts.synthesize(SENTENCE)
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory, speech):
+    path = tmp_path_factory.mktemp("audio") / "hello.wav"
+    pad = np.zeros(4800, np.int16)  # 0.3 s of room before and after, like a real recording
+    soundfile.write(path, np.concatenate([pad, speech, pad]), 16000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pulse():
+    server = Pulse()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def xvfb():
+    server = Xvfb()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def local(daemon_factory, pulse, xvfb):
+    """Start the daemon in local mode against our PulseAudio and Xvfb."""
+    def start(*args: str, env: dict | None = None, **kwargs):
+        return daemon_factory(*args, local=True, env={**pulse.env, **xvfb.env(), **(env or {})}, **kwargs)
+    return start
+
+
+def local_io(daemon) -> dict:
+    return daemon.status()["local_io"]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} within {timeout} s")
+
+
+def wait_flowing(daemon) -> None:
+    wait_until(lambda: local_io(daemon)["speaker"]["blocks_played"] >= FLOWING_BLOCKS, 15, "speaker not flowing")
+
+
+def envelope(samples: np.ndarray) -> np.ndarray:
+    blocks = samples[: len(samples) // 320 * 320].astype(np.float64).reshape(-1, 320)
+    return np.sqrt((blocks ** 2).mean(axis=1))
+
+
+def best_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The best Pearson correlation of envelope ``b`` with any same-length stretch of envelope ``a``."""
+    return max(float(np.corrcoef(a[offset:offset + len(b)], b)[0, 1]) for offset in range(len(a) - len(b) + 1))
+
+
+# -- pure parts -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, rate, channels", [("WAV", 16000, 1), ("FLAC", 48000, 2), ("OGG", 22050, 1),
+                                                 ("MP3", 44100, 2)])
+def test_audio_file_decodes_to_16k_mono(tmp_path, speech, fmt, rate, channels):
+    import soxr
+    signal_at_rate = soxr.resample(speech, 16000, rate)
+    data = np.stack([signal_at_rate] * channels, axis=1) if channels > 1 else signal_at_rate
+    path = tmp_path / f"speech.{fmt.lower()}"
+    soundfile.write(path, data, rate, format=fmt)
+    decoded = audio_file.load(str(path))
+    assert decoded.dtype == np.int16 and decoded.ndim == 1
+    assert abs(len(decoded) - len(speech)) < 0.08 * 16000  # MP3 adds encoder delay and padding
+    assert best_correlation(envelope(decoded), envelope(speech)[5:-5]) > 0.8  # 20 ms blocks, MP3 at its default bitrate
+
+
+def test_audio_file_errors_are_one_line(tmp):
+    garbage = tmp / "notes.wav"
+    garbage.write_text("this is not audio\nat all\n")
+    with pytest.raises(ConfigError) as info:
+        audio_file.load(str(garbage))
+    message = str(info.value)
+    assert message.startswith("--audio-file: cannot decode") and "\n" not in message
+    result = run_avatard(tmp, "--server", "--port", "0", "--audio-file", str(garbage))
+    assert result.returncode == 2
+    assert result.stderr == f"avatard: error: {message}\n"
+
+
+async def test_audio_file_streams_in_real_time_and_replays(autojump_clock):
+    class Hub:
+        def __init__(self):
+            self.chunks = []
+
+        async def user_audio(self, samples, source):
+            assert source == "audio_file"
+            self.chunks.append((trio.current_time(), samples))
+
+    hub = Hub()
+    samples = np.arange(16000, dtype=np.int16)  # one second
+    source = audio_file.AudioFileSource(hub, samples, "x.wav")
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        await nursery.start(source.run)
+        await trio.sleep(0.5)
+        assert source.replay() is True
+        assert source.replay() is False, "one pending replay covers further requests"
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert source.plays == 2
+    first = hub.chunks[:100]  # 1 s of file + 1 s of silence = 100 chunks of 20 ms per pass
+    assert len(hub.chunks) == 200
+    assert all(len(c) == 320 for _, c in hub.chunks)
+    assert np.array_equal(np.concatenate([c for _, c in first[:50]]), samples)
+    assert not np.concatenate([c for _, c in first[50:]]).any(), "trailing silence ends the utterance"
+    times = np.array([t for t, _ in first]) - start
+    assert np.allclose(times, np.arange(100) * 0.02)
+    assert hub.chunks[100][0] - start == pytest.approx(2.0), "the replay follows the first pass"
+
+
+def test_sample_ring_pads_underruns_and_drops_oldest_on_overflow():
+    ring = SampleRing(capacity=1000, prefill=300)
+    out = np.ones(200, np.int16)
+    ring.write(np.arange(1, 201, dtype=np.int16))
+    ring.read_into(out)
+    assert not out.any(), "silence until the prefill is queued"
+    ring.write(np.arange(201, 401, dtype=np.int16))
+    ring.read_into(out)
+    assert np.array_equal(out, np.arange(1, 201))
+    ring.read_into(out)
+    assert np.array_equal(out, np.arange(201, 401))
+    ring.read_into(out)
+    assert not out.any() and ring.underruns == 1
+    ring.write(np.arange(1200, dtype=np.int16))  # more than the capacity: only the newest 1000 stay
+    assert ring.overflows == 1 and ring.dropped_samples == 200 and ring.queued == 1000
+    ring.read_into(out)
+    assert np.array_equal(out, np.arange(200, 400))
+    assert ring.clear() == 800
+    ring.read_into(out)
+    assert not out.any() and ring.underruns == 1, "an emptied ring re-primes; that is not an underrun"
+
+
+async def test_microphone_handoff_never_blocks_and_drops_the_oldest():
+    class Choice:
+        name, rate, channels = "fake", 16000, 1
+
+    class Status:
+        input_overflow = False
+
+    class Renderer:
+        speaking = False
+
+    class Hub:
+        renderer = Renderer()
+
+        def __init__(self):
+            self.received = []
+            self.open = trio.Event()
+
+        async def user_audio(self, samples, source):
+            await self.open.wait()  # the brain's queue is full until the test opens it
+            self.received.append(samples)
+
+    hub = Hub()
+    mic = Microphone(Choice(), hub, barge_in=True)
+    mic._token = trio.lowlevel.current_trio_token()
+    blocks = 2 * HANDOFF_BLOCKS + 10
+
+    def audio_thread():
+        for i in range(blocks):
+            mic._callback(np.full((320, 1), i, np.int16), 320, None, Status())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mic._forward)
+        with trio.fail_after(5):
+            await trio.sleep(0.05)
+            mic._callback(np.full((320, 1), -1, np.int16), 320, None, Status())  # taken, then stuck in user_audio
+            await trio.sleep(0.05)
+            started = time.monotonic()
+            await trio.to_thread.run_sync(audio_thread)
+            assert time.monotonic() - started < 0.5, "the audio thread never waits for trio"
+            hub.open.set()
+            while not hub.received or hub.received[-1][-1] != blocks - 1:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    heard = np.concatenate(hub.received)[320:].reshape(-1, 320)[:, 0]
+    assert mic.blocks_dropped == blocks - HANDOFF_BLOCKS
+    assert list(heard) == list(range(blocks - HANDOFF_BLOCKS, blocks)), "the newest blocks survive, in order"
+
+
+def test_recorder_fills_lost_frames_and_keeps_sound_in_sync(tmp_path):
+    path = tmp_path / "gap.mp4"
+    encoder = recorder._Encoder(str(path), 64, 64, 25)
+    image = np.zeros((64, 64, 3), np.uint8)
+    tone = (np.sin(np.arange(640) / 3) * 8000).astype(np.int16)
+    for index in [*range(100, 120), *range(130, 150)]:  # frames 120..129 never reached the recorder
+        encoder.write(index, image, tone)
+    encoder.close()
+    assert encoder.filled == 10
+    with av.open(str(path)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        video_seconds = float(video.duration * video.time_base)
+        audio_seconds = float(sound.duration * sound.time_base)
+    assert video_seconds == pytest.approx(2.0, abs=0.04)
+    assert abs(video_seconds - audio_seconds) <= 1 / 25
+
+
+def test_display_check_says_what_to_do():
+    with pytest.raises(ConfigError, match=r"^no display: run with --server, or set DISPLAY$"):
+        window.check_display({})
+    with pytest.raises(ConfigError, match="XWayland"):
+        window.check_display({"WAYLAND_DISPLAY": "wayland-0"})
+    with pytest.raises(ConfigError, match="cannot connect to X display ':4242'"):
+        window.check_display({"DISPLAY": ":4242"})
+
+
+# -- start-up errors ---------------------------------------------------------------------------------
+
+
+def run_avatard(tmp, *args, env=None, timeout=30):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "avatard", "--control-socket", str(tmp / "s.sock"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "avatard: error: no display: run with --server, or set DISPLAY"),
+    ({"DISPLAY": ":4242"}, "avatard: error: no display: cannot connect to X display ':4242'"),
+])
+def test_no_display_is_one_line_and_exit_2(tmp, env, expected):
+    result = run_avatard(tmp, env=env)
+    assert result.returncode == 2, result.stderr  # not 134: OpenCV's Qt never got to abort
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(expected)
+
+
+def test_missing_portaudio_is_one_line_with_the_fix(tmp, xvfb):
+    hide_portaudio = ("import ctypes.util, sys; real = ctypes.util.find_library; "
+                      "ctypes.util.find_library = lambda name: None if 'portaudio' in name else real(name); "
+                      "from avatard.cli import main; sys.argv[0] = 'avatard'; main()")
+    for args in ([], ["--list-devices"]):
+        result = subprocess.run([sys.executable, "-c", hide_portaudio, "--control-socket", str(tmp / "s.sock"), *args],
+                                capture_output=True, text=True, timeout=30, env=dict(os.environ, **xvfb.env()))
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "sudo apt-get install libportaudio2" in result.stderr
+
+
+def test_list_devices(tmp, pulse):
+    result = run_avatard(tmp, "--list-devices", env=pulse.env)
+    assert result.returncode == 0, result.stderr
+    assert "pulse" in result.stdout and "default" in result.stdout and "--output-device" in result.stdout
+    if SOUND_CARDS:
+        return  # without our PulseAudio this machine still has devices; the empty listing cannot be shown
+    result = run_avatard(tmp, "--list-devices", env=NO_SOUND_SERVER)
+    assert result.returncode == 0
+    assert result.stdout.startswith("no audio devices found")
+
+
+def test_missing_or_unknown_device_is_one_line(tmp, pulse, xvfb):
+    cases = [
+        ({**pulse.env, **xvfb.env()}, ["--output-device", "nonesuch"], "--output-device: 'nonesuch': No output device matching"),
+        ({**pulse.env, **xvfb.env()}, ["--input-device", "99"], "--input-device: '99'"),
+    ]
+    if not SOUND_CARDS:
+        cases.append(({**NO_SOUND_SERVER, **xvfb.env()}, [], "--output-device: no audio output device found"))
+    for env, args, expected in cases:
+        result = run_avatard(tmp, *args, env=env)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"avatard: error: {expected}")
+
+
+# -- the speaker and the microphone --------------------------------------------------------------------
+
+
+def test_speaker_plays_the_avatars_voice(local, pulse):
+    daemon = local()
+    wait_flowing(daemon)
+    warm = local_io(daemon)["speaker"]
+    monitor = pulse.listen()
+    try:
+        watcher = daemon.control()
+        assert watcher.request("subscribe", events=["status"])["ok"]
+        started = time.monotonic()
+        assert daemon.ctl("say", SENTENCE).returncode == 0
+        watcher.events_until(lambda e: e.get("status") == "speaking", 15)
+        watcher.events_until(lambda e: e.get("status") == "listening", 20)
+        time.sleep(0.5)  # the speaker plays a ring and a device buffer behind the renderer
+        heard = monitor.samples(started)
+    finally:
+        monitor.close()
+    spoken = tts.synthesize(SENTENCE)
+    assert speech_seconds(heard) == pytest.approx(speech_seconds(spoken), rel=0.1)
+    assert best_correlation(envelope(heard), envelope(spoken)) > 0.8, "what comes out is what was said"
+    info = local_io(daemon)["speaker"]
+    print(f"speaker: after warm-up {warm}, at the end {info}")
+    assert info["overflows"] - warm["overflows"] <= 1, "once flowing, the card keeps up with the renderer"
+    assert info["underruns"] - warm["underruns"] <= 1 and info["device_underflows"] - warm["device_underflows"] <= 1
+
+
+def test_interrupt_silences_the_speaker_at_once(local, pulse):
+    daemon = local()
+    wait_flowing(daemon)
+    monitor = pulse.listen()
+    try:
+        assert daemon.ctl("say", LONG_SENTENCE).returncode == 0
+        speaking = monitor.wait_for(loud, 20)
+        time.sleep(1.0)
+        control = daemon.control()
+        interrupted = time.monotonic()
+        assert control.request("interrupt")["ok"]
+        time.sleep(1.5)
+        after = monitor.chunks(interrupted)
+    finally:
+        monitor.close()
+    assert speaking < interrupted
+    loud_after = [stamp for stamp, samples in after if loud(samples, 300)]
+    last_sound_ms = ((loud_after[-1] - interrupted) * 1000) if loud_after else 0.0
+    print(f"interrupt to silence on the speaker: {last_sound_ms:.0f} ms")
+    assert last_sound_ms < 250, "only the device's own buffer plays out"
+    assert all(not loud(samples, 300) for stamp, samples in after if stamp > interrupted + 0.3)
+    assert local_io(daemon)["speaker"]["flushed_samples"] > 0
+
+
+@pytest.mark.parametrize("barge_in", ["auto", "on"])
+def test_microphone_feeds_the_brain_and_barge_in_gates_it(local, pulse, speech_wav, tmp, speech, barge_in):
+    daemon = local("--barge-in", barge_in)
+    wait_flowing(daemon)
+    watcher = daemon.control()
+    assert watcher.request("subscribe", events=["status", "transcription"])["ok"]
+    monitor = pulse.listen()
+    try:
+        started = time.monotonic()
+        pulse.play(speech_wav)
+        user = watcher.events_until(lambda e: e.get("role") == "user", 10)[-1]
+        seconds = float(user["text"].strip("[]").split()[0])
+        assert seconds == pytest.approx(len(speech) / 16000, abs=0.6), user
+        watcher.events_until(lambda e: e.get("status") == "speaking", 10)
+        # Talk over the avatar with a short phrase while it echoes the first one.
+        short = tmp / "short.wav"
+        soundfile.write(short, tts.synthesize("wait a moment"), 16000)
+        pulse.play(short)
+        events = watcher.events_until(lambda e: e.get("status") == "listening", 20)
+        time.sleep(1.5)  # time for a barged-in utterance to end and reach the brain
+        heard = monitor.samples(started)
+    finally:
+        monitor.close()
+    info = local_io(daemon)["microphone"]
+    print(f"microphone ({barge_in}): {info}")
+    assert info["barge_in"] is (barge_in == "on")
+    assert info["blocks_captured"] > 200 and info["blocks_dropped"] == 0
+    assert speech_seconds(heard) >= 0.8 * speech_seconds(speech), "the avatar echoed the microphone"
+    status = daemon.status()
+    if barge_in == "on":
+        assert info["blocks_gated"] == 0
+        assert status["turns"] == 2, "the user was heard while the avatar spoke"
+    else:
+        assert info["blocks_gated"] >= 50, "the microphone was gated while the avatar spoke"
+        assert status["turns"] == 1
+        assert not [e for e in events if e.get("role") == "user"]
+
+
+# -- the window -----------------------------------------------------------------------------------------
+
+
+def test_window_shows_the_avatar_and_keys_drive_it(local, xvfb, speech_wav):
+    daemon = local("--audio-file", str(speech_wav))
+    watcher = daemon.control()
+    assert watcher.request("subscribe", events=["status", "gesture", "transcription"])["ok"]
+    win = xvfb.find_window("avatard")
+    time.sleep(0.3)
+    shot = xvfb.screenshot(win)
+    assert shot.shape == (512, 512, 3)
+    assert shot.std() > 20, "the window shows a picture, not a blank"
+    snapshot = daemon.ctl("snapshot", str(daemon.stderr_path.parent / "snap.jpg"))
+    assert snapshot.returncode == 0
+    reference = cv2.imread(str(daemon.stderr_path.parent / "snap.jpg")).astype(np.int16)
+    assert np.abs(shot.astype(np.int16) - reference).mean() < 20, "the window shows the renderer's frames"
+
+    xvfb.press(win, "3")
+    gesture = watcher.events_until(lambda e: e["event"] == "gesture", 5)[-1]
+    assert gesture["gesture"] == "mini_wave_hello" and gesture["source"] == "keyboard"
+    watcher.events_until(lambda e: e.get("status") == "speaking", 20)  # the echo of the audio file
+    xvfb.press(win, "2")
+    interrupted = watcher.events_until(lambda e: e.get("status") == "interrupted", 5)[-1]
+    assert interrupted["source"] == "keyboard"
+    xvfb.press(win, "1")
+    wait_until(lambda: local_io(daemon)["audio_file"]["plays"] == 2, 15, "key 1 did not replay the file")
+    watcher.events_until(lambda e: e.get("role") == "user", 15)
+
+    xvfb.press(win, "q")
+    assert daemon.proc.wait(5) == 0
+    assert not os.path.exists(daemon.socket)
+    log = daemon.log()
+    assert "quit key; shutting down" in log and "Traceback" not in log
+
+
+def test_closing_the_window_quits(local, xvfb):
+    daemon = local()
+    win = xvfb.find_window("avatard")
+    time.sleep(0.3)
+    xvfb.close_window(win)
+    assert daemon.proc.wait(5) == 0
+    assert not os.path.exists(daemon.socket)
+    assert "window closed; shutting down" in daemon.log()
+
+
+def test_sigterm_with_a_window_is_the_usual_shutdown(local, xvfb):
+    daemon = local()
+    xvfb.find_window("avatard")
+    watcher = daemon.control()
+    assert watcher.request("subscribe", events=["status"])["ok"]
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 2.0
+    assert not os.path.exists(daemon.socket)
+    watcher.events_until(lambda e: e.get("status") == "stopping", 2)
+    assert "got SIGTERM; shutting down" in daemon.log() and "Traceback" not in daemon.log()
+
+
+def test_server_with_local_display_opens_only_the_window(daemon_factory, xvfb):
+    daemon = daemon_factory("--server", "--host", "127.0.0.1", "--port", "0", "--local-display",
+                            env={**xvfb.env(), "PULSE_SERVER": "unix:/nonexistent"})
+    xvfb.find_window("avatard")
+    assert list(local_io(daemon)) == ["window"]
+    assert daemon.stop() == 0
+
+
+# -- the recording ---------------------------------------------------------------------------------------
+
+
+def mouth_openness(frames: list[np.ndarray]) -> np.ndarray:
+    """How far each frame's mouth differs from a closed one, inside the (dilated) mouth region."""
+    closed = face.draw(face.Pose(mouth=0.0), 512, 512).astype(np.int16)
+    opened = face.draw(face.Pose(mouth=1.0), 512, 512).astype(np.int16)
+    region = cv2.dilate((np.abs(opened - closed).max(axis=2) > 30).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    return np.array([np.abs(f.astype(np.int16) - closed)[region].mean() for f in frames])
+
+
+def test_audio_file_echo_is_recorded_in_sync(daemon_factory, speech_wav, speech, tmp):
+    """Server mode, no devices: the audio file is the user, the local brain echoes it, --record keeps it."""
+    out = tmp / "session.mp4"
+    daemon = daemon_factory("--audio-file", str(speech_wav), "--record", str(out))
+    watcher = daemon.control()
+    assert watcher.request("subscribe", events=["status", "transcription"])["ok"]
+    watcher.events_until(lambda e: e.get("role") == "assistant", 20)
+    watcher.events_until(lambda e: e.get("status") == "listening", 20)
+    time.sleep(0.5)
+    assert daemon.stop() == 0
+    assert "recorded" in daemon.log()
+
+    with av.open(str(out)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, video.codec_context.pix_fmt, video.average_rate) == ("h264", "yuv420p", 25)
+        assert (sound.codec_context.name, sound.rate, sound.channels) == ("aac", 16000, 1)
+        video_seconds = float(video.duration * video.time_base)
+        audio_seconds = float(sound.duration * sound.time_base)
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+        container.seek(0)
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    print(f"recording: video {video_seconds:.3f} s, audio {audio_seconds:.3f} s, {len(frames)} frames")
+    assert abs(video_seconds - audio_seconds) <= 1 / 25
+    assert len(frames) == pytest.approx(video_seconds * 25, abs=1)
+    pcm16 = (pcm * 32767).astype(np.int16) if pcm.dtype.kind == "f" else pcm
+    assert speech_seconds(pcm16) == pytest.approx(speech_seconds(speech), rel=0.15), "the echo is in the file"
+    per_frame = envelope(pcm16[: len(frames) * 640])  # 20 ms blocks: two per frame
+    loudness = per_frame[: 2 * len(frames)].reshape(-1, 2).mean(axis=1)
+    mouth = mouth_openness(frames)
+    lags = {lag: np.corrcoef(loudness[max(0, lag):len(loudness) + min(0, lag)],
+                             mouth[max(0, -lag):len(mouth) + min(0, -lag)])[0, 1] for lag in range(-3, 4)}
+    print("lip sync correlation by frame lag:", {k: round(v, 2) for k, v in lags.items()})
+    assert lags[0] > 0.6 and abs(max(lags, key=lags.get)) <= 1, "the mouth moves with the sound, not before or after"
