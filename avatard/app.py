@@ -42,6 +42,11 @@ STOP_NOTICE = 0.2
 
 
 def make_renderer(config: Config, events: EventBus, latency: LatencyMeter):
+    if config.renderer_kind == "bithuman":
+        # bitHuman, with the built-in renderer standing by (avatard.fallback_renderer); its size and fps
+        # are the model's, known once its run() has started.
+        from .bithuman_renderer import make_bithuman_renderer
+        return make_bithuman_renderer(config, events, latency)
     return BuiltinRenderer(width=config.width, height=config.height, fps=config.fps, events=events, latency=latency)
 
 
@@ -67,7 +72,7 @@ def main(config: Config) -> None:
         trio.run(run, config, None, setup)
         return
     from .window import Window
-    window = Window(config.fps)
+    window = Window()
     window.run(functools.partial(trio.run, run, config, window, setup))
 
 
@@ -78,8 +83,6 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     latency = LatencyMeter(events, registry)
     renderer = make_renderer(config, events, latency)
     brain = make_brain(config, renderer, events, latency)
-    logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
-                renderer.fps, brain.name)
     brain_send, brain_receive = trio.open_memory_channel(BRAIN_INPUT_QUEUE)
     frames_send, frames_receive = trio.open_memory_channel(RENDER_QUEUE)
     hub = Hub(config=config, renderer=renderer, brain=brain, events=events, latency=latency, brain_inputs=brain_send)
@@ -99,6 +102,8 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
         await nursery.start(brain.run, brain_receive)
         nursery.start_soon(fanout.run, frames_receive)
         await nursery.start(renderer.run, frames_send)
+        logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
+                    renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub)
         if config.server:
             from .ws_server import serve_ws

@@ -16,9 +16,10 @@ import trio
 
 from . import face
 from .animator import GESTURES, Animator
-from .events import FRAME_KIND, EventBus
+from .events import EventBus
 from .latency import LatencyMeter
 from .messages import Frame
+from .speaking import SpeakingTracker, publish_frame
 from .speech_buffer import SpeechBuffer
 
 logger = logging.getLogger("avatard.renderer")
@@ -26,9 +27,6 @@ logger = logging.getLogger("avatard.renderer")
 # If the clock falls further behind than this (a stalled CPU, a debugger), it skips ahead instead of
 # rushing out a burst of frames that would all be late anyway; skipped ticks are counted.
 MAX_LAG_FRAMES = 5
-# After this many frames with no speech and no flush, a turn is considered over (the brain stalled);
-# the avatar then reports "listening" again.
-IDLE_AFTER_FRAMES = 12
 
 
 class BuiltinRenderer:
@@ -44,8 +42,7 @@ class BuiltinRenderer:
         self._animator = Animator(fps, seed=seed)
         self._speech = SpeechBuffer()
         self._flushed = True
-        self._quiet_frames = 0
-        self.speaking = False
+        self._speaking = SpeakingTracker(events, latency)
         self.frames_rendered = 0
         self.frames_dropped = 0  # the fan-out did not take a frame in time
         self.ticks_skipped = 0
@@ -56,6 +53,10 @@ class BuiltinRenderer:
     @property
     def gestures(self) -> list[str]:
         return sorted(GESTURES)
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking.speaking
 
     @property
     def generation(self) -> int:
@@ -113,30 +114,12 @@ class BuiltinRenderer:
     def _render(self, index: int, timestamp: float) -> Frame:
         generation = self._speech.generation
         audio, real = self._speech.take(self.samples_per_frame)
-        self._track_speaking(real)
-        if not real:
-            self._latency.silent_frame_out()
+        self._speaking.frame(real, turn_over=self._flushed)
         pose = self._animator.next_pose(audio)
         image = face.draw(pose, self.width, self.height)
         frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,
                       generation=generation, mouth=pose.mouth, gesture=pose.gesture)
         self.frames_rendered += 1
         self.last_frame = frame
-        if self._events.wants(FRAME_KIND):
-            rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
-            self._events.publish(FRAME_KIND, index=index, pts=timestamp, rms=round(rms, 1), mouth=round(pose.mouth, 3),
-                                 speaking=self.speaking, gesture=pose.gesture, generation=generation)
+        publish_frame(self._events, frame)
         return frame
-
-    def _track_speaking(self, real_samples: int) -> None:
-        if real_samples:
-            self._quiet_frames = 0
-            if not self.speaking:
-                self.speaking = True
-                self._latency.frame_out()
-                self._events.publish("status", status="speaking")
-            return
-        self._quiet_frames += 1
-        if self.speaking and (self._flushed or self._quiet_frames >= IDLE_AFTER_FRAMES):
-            self.speaking = False
-            self._events.publish("status", status="listening")

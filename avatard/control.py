@@ -156,8 +156,14 @@ async def _subscribe(stream: trio.SocketStream, hub: Hub, kinds: frozenset[str] 
         async with trio.open_nursery() as nursery:
             # Reading detects the client hanging up even while no events flow.
             nursery.start_soon(_wait_for_hangup, stream, nursery.cancel_scope)
-            async for event in events:
-                await _send(stream, proto.encode({"event": event.kind, "timestamp": event.timestamp, **event.data}))
+            try:
+                async for event in events:
+                    await _send(stream, proto.encode({"event": event.kind, "timestamp": event.timestamp,
+                                                      **event.data}))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                # Gone, or not reading. Handled here: raised in a nursery's body these would reach _connection
+                # inside an ExceptionGroup, which its except clause does not match, and end the control server.
+                nursery.cancel_scope.cancel()
 
 
 async def _wait_for_hangup(stream: trio.SocketStream, scope: trio.CancelScope) -> None:

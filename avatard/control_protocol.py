@@ -12,6 +12,7 @@ import json
 import attrs
 
 from .errors import ProtocolError
+from .untrusted_json import json_object
 
 # A request is a command and maybe a sentence; 64 KiB is far above any legitimate one and small enough
 # that a garbage writer cannot make the daemon buffer much.
@@ -43,12 +44,7 @@ class Request:
 
 def parse_request(line: bytes) -> Request:
     """Parse one line (without its newline). Raises ProtocolError naming what is wrong."""
-    try:
-        obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("bad_json", f"request is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("bad_request", "request must be a JSON object")
+    obj = json_object(line, "request", "bad_request")
     cmd = obj.get("cmd")
     if not isinstance(cmd, str):
         raise ProtocolError("bad_request", 'request needs a string "cmd"')

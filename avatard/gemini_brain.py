@@ -23,6 +23,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import re
@@ -60,8 +61,17 @@ BACKOFF_MAX = 30.0  # cap: a long outage is retried every ~30 s, forever
 FATAL_CLOSE_CODES = frozenset({1007, 1008})
 GESTURE_TOOL = "trigger_gesture"
 CLOSE_TIMEOUT = 1.0  # for our close frame's echo on shutdown; a dead link must not hold up the exit
+# After a goAway, stop finishing the current answer this long before the server's deadline, so the
+# new connection is up before the old one is cut (and its resumption handle is the newest we have).
+GO_AWAY_MARGIN = 1.0
 # End of user speech is detected locally (the server's VAD decides the turn) only to measure latency.
 END_OF_SPEECH_DELAY = END_SILENCE_BLOCKS * BLOCK / RATE
+
+
+def _seconds(duration: str | None) -> float:
+    """A protobuf Duration in JSON ("2s", "0.5s") as seconds; unknown forms count as no time at all."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)s\s*", duration or "")
+    return float(match.group(1)) if match else 0.0
 
 
 def _retryable_errors() -> tuple[type[BaseException], ...]:
@@ -83,7 +93,6 @@ class GeminiBrain:
         self._keywords = keywords
         self.on_barge_in = lambda: None  # set by the app: the hub's interrupt, so every sink is flushed
         self.on_gesture = lambda name: None  # set by the app: the hub's gesture (raises Refused if unknown)
-        self.gestures: list[str] = list(renderer.gestures)
         self.state = "connecting"
         self.failure: str | None = None
         self.turns = 0
@@ -144,6 +153,7 @@ class GeminiBrain:
 
     def _connect_config(self):
         from google.genai import types
+        gestures = self._renderer.gestures  # read per connection: bitHuman learns its agent's gestures late
         return types.LiveConnectConfig(
             response_modalities=[types.Modality.AUDIO],
             speech_config=types.SpeechConfig(voice_config=types.VoiceConfig(
@@ -157,7 +167,7 @@ class GeminiBrain:
                 name=GESTURE_TOOL,
                 description="Make the avatar perform a gesture, e.g. wave hello or give a thumbs up.",
                 parameters=types.Schema(type=types.Type.OBJECT, required=["gesture"], properties={
-                    "gesture": types.Schema(type=types.Type.STRING, enum=self.gestures)}))])],
+                    "gesture": types.Schema(type=types.Type.STRING, enum=gestures)}))])],
         )
 
     async def _live(self, config):
@@ -175,8 +185,8 @@ class GeminiBrain:
     async def _sessions(self, aio) -> None:
         retryable = _retryable_errors()
         attempt = 0
+        self._set_state("connecting")
         while True:
-            self._set_state("connecting" if self._handle is None and attempt == 0 else "reconnecting", attempt=attempt)
             reason = None
             established = False
             try:
@@ -214,6 +224,8 @@ class GeminiBrain:
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
             logger.warning("Gemini connection ended (%s); reconnecting in %.1f s", reason, delay)
             self._end_model_turn(cut=True)
+            # Announced before the wait, so nobody sees "connected" during the backoff.
+            self._set_state("reconnecting", attempt=attempt, delay=round(delay, 2))
             await trio.sleep(delay)
 
     # -- sending -------------------------------------------------------------------------------------
@@ -255,7 +267,8 @@ class GeminiBrain:
         from google.genai import types
         while True:
             if self._turns_out:
-                kind, payload = self._turns_out[0]
+                item = self._turns_out[0]
+                kind, payload = item
                 if kind == "text":
                     call = functools.partial(session.send_client_content, turns=types.Content(
                         role="user", parts=[types.Part(text=payload)]), turn_complete=True)
@@ -278,30 +291,49 @@ class GeminiBrain:
                 return
             # Sent: only now leave the outbox, so nothing is lost when a connection dies mid-send.
             if kind == "audio":
-                self._audio_out.popleft()
+                # Unless the full outbox already evicted it (maxlen) while it was being sent.
+                if self._audio_out and self._audio_out[0] is payload:
+                    self._audio_out.popleft()
             else:
-                self._turns_out.popleft()
+                # Remove what was sent, not what is in front now: a tool call answered while this was being
+                # sent put its response ahead of it (appendleft), and popleft() would drop that response and
+                # send this turn a second time.
+                self._turns_out.remove(item)
                 if kind == "text":
                     self._latency.user_input_ended()
 
     # -- receiving -----------------------------------------------------------------------------------
 
     async def _receiver(self, messages):
-        """Handle messages until the connection ends; returns why (an exception, or "go_away")."""
+        """Handle messages until the connection ends; returns why (an exception, or "go_away").
+
+        After a ``goAway`` the old connection still works for ``time_left``: an answer in progress is
+        finished on it (up to :data:`GO_AWAY_MARGIN` before the deadline) rather than cut, then we resume.
+        """
+        draining = trio.CancelScope()
         try:
-            async for message in messages:
-                if message.go_away is not None:
-                    logger.info("goAway (time left %s): resuming on a new connection now", message.go_away.time_left)
-                    return "go_away"
-                update = message.session_resumption_update
-                if update is not None and update.resumable and update.new_handle:
-                    self._handle = update.new_handle
-                if message.tool_call is not None:
-                    self._answer_tools(message.tool_call)
-                if message.server_content is not None:
-                    await self._content(message.server_content)
+            with draining:
+                async for message in messages:
+                    if message.go_away is not None:
+                        time_left = _seconds(message.go_away.time_left)
+                        if not self._model_turn_open:
+                            logger.info("goAway (time left %s): resuming on a new connection now", message.go_away.time_left)
+                            return "go_away"
+                        logger.info("goAway (time left %s): finishing this answer first", message.go_away.time_left)
+                        draining.deadline = trio.current_time() + max(0.0, time_left - GO_AWAY_MARGIN)
+                    update = message.session_resumption_update
+                    if update is not None and update.resumable and update.new_handle:
+                        self._handle = update.new_handle
+                    if message.tool_call is not None:
+                        self._answer_tools(message.tool_call)
+                    if message.server_content is not None:
+                        await self._content(message.server_content)
+                    if draining.deadline != math.inf and not self._model_turn_open:
+                        return "go_away"
         except _retryable_errors() as exc:
             return exc
+        if draining.cancelled_caught:
+            return "go_away"
         return "connection ended"
 
     async def _content(self, content) -> None:

@@ -102,6 +102,7 @@ class Hub:
         return {
             "status": self.events.last_status.get("status"),
             "renderer": r.name,
+            "renderer_fallback": getattr(r, "fallback_reason", None),
             "brain": self.brain.name,
             "brain_state": self.brain.state,
             "brain_failure": getattr(self.brain, "failure", None),

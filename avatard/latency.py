@@ -13,9 +13,10 @@ import trio
 from .events import EventBus
 
 # Edge boxes talk to a cloud model: 50 ms to 10 s covers instant local answers to a slow network.
-TURN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-# The daemon's own share (audio in -> frame out, interrupt -> silence) should be within one or two frames.
-FRAME_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+TURN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# The daemon's own share (audio in -> frame rendered, interrupt -> silent frame rendered) is bounded by one
+# frame period (40 ms at 25 fps): fine buckets up to there, coarse ones for trouble.
+FRAME_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.08, 0.16, 0.32, 0.64)
 
 
 class LatencyMeter:
@@ -29,10 +30,10 @@ class LatencyMeter:
             "avatard_latency_input_to_audio_seconds", "End of user input to the first model audio.",
             buckets=TURN_BUCKETS, registry=registry)
         self.audio_to_frame = prometheus_client.Histogram(
-            "avatard_latency_audio_to_frame_seconds", "First model audio to its first lip-synced frame out.",
+            "avatard_latency_audio_to_frame_seconds", "First model audio to its first lip-synced frame, rendered (encoding and sending not included).",
             buckets=FRAME_BUCKETS, registry=registry)
         self.interrupt_to_silence = prometheus_client.Histogram(
-            "avatard_latency_interrupt_to_silence_seconds", "Interrupt to the first silent frame out.",
+            "avatard_latency_interrupt_to_silence_seconds", "Interrupt to the first silent frame, rendered (encoding and sending not included).",
             buckets=FRAME_BUCKETS, registry=registry)
 
     def user_input_ended(self, ago: float = 0.0) -> None:

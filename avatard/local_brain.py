@@ -26,8 +26,9 @@ from .vad import EndOfUtterance
 
 logger = logging.getLogger("avatard.brain.local")
 
-# Utterances waiting to be spoken. User turns must not be lost, so when full the input loop waits
-# (backpressure to the sources); 8 covers a burst of typed turns.
+# Utterances waiting to be spoken; 8 covers a burst of typed turns. When full, typed turns and `say` wait
+# (backpressure to their sources: they must not be lost); echoes of speech are dropped, counted and
+# reported with an error event.
 UTTERANCE_QUEUE = 8
 
 
@@ -46,6 +47,7 @@ class LocalBrain:
         self._speaking_scope: trio.CancelScope | None = None
         self.state = "connected"
         self.turns = 0
+        self.echoes_dropped = 0
 
     def interrupt(self) -> None:
         """Drop every queued utterance and cut the one being spoken."""
@@ -78,12 +80,19 @@ class LocalBrain:
             await self._send.send(("say", message.text))
         elif isinstance(message, UserAudio):
             for utterance in self._vad.feed(message.samples):
+                seconds = len(utterance) / RATE
+                try:
+                    # Echoes are best effort: waiting here would let one browser streaming noise hold up
+                    # every other source's input behind a queue of 20 s echoes.
+                    self._send.send_nowait(("echo", utterance))
+                except trio.WouldBlock:
+                    self.echoes_dropped += 1
+                    self._events.publish("error", code="busy", message=f"still speaking; {seconds:.1f} s of speech not echoed")
+                    continue
                 self.turns += 1
                 self._latency.user_input_ended()
-                seconds = len(utterance) / RATE
                 self._events.publish("transcription", role="user", text=f"[{seconds:.1f} s of speech]", is_final=True)
                 self._events.publish("status", status="thinking")
-                await self._send.send(("echo", utterance))
         else:
             raise TypeError(f"local brain got {type(message).__name__}")
 

@@ -57,6 +57,7 @@ async def start_local_io(nursery: trio.Nursery, config: Config, hub, fanout, win
                             current_generation=lambda: hub.renderer.generation)
         await nursery.start(recorder.run, fanout)
         hub.local_io["recorder"] = recorder
+    speaker = None
     if setup.output is not None:
         from .speaker import Speaker
         speaker = Speaker(setup.output, lambda: hub.renderer.generation)
@@ -69,7 +70,7 @@ async def start_local_io(nursery: trio.Nursery, config: Config, hub, fanout, win
         await nursery.start(microphone.run)
         hub.local_io["microphone"] = microphone
     if window is not None:  # after the devices: the window opens only once they all work
-        await nursery.start(window.feed, fanout)
+        await nursery.start(window.feed, fanout, speaker.delay if speaker is not None else None)
         hub.local_io["window"] = window
     if setup.audio is not None:
         from .audio_file import AudioFileSource

@@ -79,6 +79,13 @@ class _Encoder:
         self._container.mux(self._audio.encode(None))
         self._container.close()
 
+    def abandon(self) -> None:
+        """Close after a failed write without flushing: PyAV crashes (SIGSEGV) flushing into a failed muxer."""
+        try:
+            self._container.close()
+        except (av.FFmpegError, OSError):
+            pass  # already reported: the write that failed is what we tell the operator about
+
 
 class Recorder:
     def __init__(self, path: str, *, width: int, height: int, fps: int, current_generation) -> None:
@@ -86,9 +93,14 @@ class Recorder:
         self._size = (width, height, fps)
         self._current_generation = current_generation
         self._encoder: _Encoder | None = None
+        self.failure: str | None = None
 
     async def run(self, fanout, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Record until cancelled; the file is finalized on the way out."""
+        """Record until cancelled; the file is finalized on the way out.
+
+        A write that fails once recording runs (a full disk) ends the recording, not the daemon: the
+        avatar is what the daemon is for. The failure is logged and shown in ``avatarctl status``.
+        """
         self._encoder = encoder = await trio.to_thread.run_sync(_Encoder, self.path, *self._size)
         try:
             with fanout.sink("recorder", SINK_BUFFER) as frames:
@@ -99,13 +111,31 @@ class Recorder:
                     if frame.generation != self._current_generation():
                         audio = np.zeros_like(audio)  # queued here before an interrupt: nobody heard it
                     await trio.to_thread.run_sync(encoder.write, frame.index, frame.image, audio)
+        except (av.FFmpegError, OSError) as exc:
+            self._failed(exc)
         finally:
             # Shielded: the file is only playable once closed, and shutdown is what cancels us.
             # x264 at veryfast holds a few frames of lookahead, so this takes milliseconds.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(encoder.close)
-            logger.info("recorded %d frames to %s (%d filled in)", encoder.frames, self.path, encoder.filled)
+                await self._finish(encoder)
+
+    async def _finish(self, encoder: _Encoder) -> None:
+        if self.failure is not None:
+            await trio.to_thread.run_sync(encoder.abandon)
+            return
+        try:
+            await trio.to_thread.run_sync(encoder.close)
+        except (av.FFmpegError, OSError) as exc:
+            self._failed(exc)
+            return
+        logger.info("recorded %d frames to %s (%d filled in)", encoder.frames, self.path, encoder.filled)
+
+    def _failed(self, exc: Exception) -> None:
+        if self.failure is None:
+            self.failure = str(exc)
+            logger.error("recording to %s failed; the daemon goes on without it", self.path, exc_info=True)
 
     def info(self) -> dict:
         encoder = self._encoder
-        return {"path": self.path, "frames": encoder.frames if encoder else 0, "filled": encoder.filled if encoder else 0}
+        return {"path": self.path, "frames": encoder.frames if encoder else 0,
+                "filled": encoder.filled if encoder else 0, "failure": self.failure}

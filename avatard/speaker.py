@@ -7,10 +7,13 @@ reads one block (20 ms) at a time. Neither side ever waits for the other:
 - the callback finds too little in the ring (an underrun): it plays what there is, then silence, and
   waits for :data:`PREFILL_SECONDS` of audio before playing again, so one late frame costs one gap
   rather than a crackle of tiny ones;
-- the writer finds the ring full (the card runs slower than the renderer, or stalled): the oldest
-  samples are dropped, which keeps the speaker at most :data:`RING_SECONDS` behind the picture.
+- the writer finds the ring full (the card stalled, e.g. a sound server starting up): the oldest
+  samples are dropped, which keeps the speaker at most :data:`RING_SECONDS` behind the picture;
+- the ring stays fuller than it needs to (after such a stall, or as the two clocks drift apart): the
+  callback watches the lowest fill over each :data:`TRIM_WINDOW_SECONDS` and drops what is above
+  :data:`MARGIN_SECONDS`. A jitter buffer that only ever grew would leave the voice late for good.
 
-Both are counted. An interrupt empties the ring synchronously (a ``hub.on_interrupt`` hook), so the
+All three are counted. An interrupt empties the ring synchronously (a ``hub.on_interrupt`` hook), so the
 very next callback plays silence: speech stops within one block plus the device's own buffer.
 """
 
@@ -35,26 +38,38 @@ PREFILL_SECONDS = 0.04
 # Four frames of room: absorbs a burst after a scheduling hiccup; beyond it the speaker would lag the
 # picture noticeably, so the oldest audio goes instead.
 RING_SECONDS = 0.16
+# What the ring keeps at its lowest point, against frames arriving late: 20 ms of scheduling jitter.
+MARGIN_SECONDS = 0.02
+# How long the lowest fill is watched before the excess is dropped: long enough that one early frame
+# does not count as excess, short enough that a stall's backlog is gone within a sentence.
+TRIM_WINDOW_SECONDS = 1.0
 # Frames waiting for the writer task; it only copies samples, so falling behind means the process is
 # starved and dropping (counted by the fan-out) beats playing stale audio late.
 SINK_BUFFER = 4
-# PortAudio's suggested output latency. Lower than this, PulseAudio through ALSA reports underflows.
-DEVICE_LATENCY = 0.05
+# PortAudio's suggested output latency: two blocks. The callback is Python and competes for the GIL
+# with drawing and encoding, so one block of slack is the least that rides out a busy moment; it is
+# also what still plays after an interrupt. (PulseAudio through ALSA grants 40 ms at the least.)
+DEVICE_LATENCY = 0.04
 
 
 class SampleRing:
     """Bounded FIFO of int16 samples between a trio task (writer) and PortAudio's thread (reader)."""
 
-    def __init__(self, capacity: int, prefill: int) -> None:
+    def __init__(self, capacity: int, prefill: int, margin: int, trim_window: int) -> None:
         self._buffer = np.zeros(capacity, dtype=np.int16)
         self._start = 0
         self._count = 0
         self._prefill = prefill
         self._primed = False
+        self._margin = margin
+        self._trim_window = trim_window  # in samples read
+        self._watched = 0
+        self._lowest = capacity
         self._lock = threading.Lock()
         self.underruns = 0  # reads that found too little and padded with silence
         self.overflows = 0  # writes that had to drop old samples
         self.dropped_samples = 0
+        self.trimmed_samples = 0  # dropped because the ring stayed fuller than the margin
 
     def write(self, samples: np.ndarray) -> None:
         capacity = len(self._buffer)
@@ -93,12 +108,24 @@ class SampleRing:
             if take < n:
                 self.underruns += 1
                 self._primed = False
+                self._watched, self._lowest = 0, capacity
+                return
+            self._lowest = min(self._lowest, self._count)
+            self._watched += n
+            if self._watched >= self._trim_window:
+                excess = self._lowest - self._margin
+                if excess > 0:
+                    self._start = (self._start + excess) % capacity
+                    self._count -= excess
+                    self.trimmed_samples += excess
+                self._watched, self._lowest = 0, capacity
 
     def clear(self) -> int:
         """Drop everything queued (interrupt). Returns the number of samples dropped."""
         with self._lock:
             dropped, self._count, self._start = self._count, 0, 0
             self._primed = False
+            self._watched, self._lowest = 0, len(self._buffer)
         return dropped
 
     @property
@@ -110,12 +137,17 @@ class Speaker:
     def __init__(self, choice: devices.Choice, current_generation) -> None:
         self.choice = choice
         self._current_generation = current_generation
-        self._ring = SampleRing(int(RING_SECONDS * choice.rate), int(PREFILL_SECONDS * choice.rate))
+        self._ring = SampleRing(int(RING_SECONDS * choice.rate), int(PREFILL_SECONDS * choice.rate),
+                                margin=int(MARGIN_SECONDS * choice.rate), trim_window=int(TRIM_WINDOW_SECONDS * choice.rate))
         self._resampler = StreamResampler(RATE, choice.rate)
         self.blocks_played = 0
         self.device_underflows = 0  # PortAudio's own report: the callback was late for the card
         self.flushed_samples = 0
         self.latency: float | None = None
+
+    def delay(self) -> float:
+        """Seconds from a sample entering the ring to the card playing it: how late the voice is."""
+        return self._ring.queued / self.choice.rate + (self.latency or 0.0)
 
     def flush(self) -> None:
         """Interrupt hook: silence from the next block on."""
@@ -165,6 +197,7 @@ class Speaker:
         return {"device": self.choice.name, "rate": self.choice.rate, "blocks_played": self.blocks_played,
                 "underruns": self._ring.underruns,
                 "overflows": self._ring.overflows, "dropped_samples": self._ring.dropped_samples,
+                "trimmed_samples": self._ring.trimmed_samples,
                 "device_underflows": self.device_underflows, "flushed_samples": self.flushed_samples,
                 "queued_samples": self._ring.queued,
                 "latency_ms": round(self.latency * 1000, 1) if self.latency is not None else None}

@@ -118,7 +118,8 @@ def synthesize(text: str, *, voice: str = "en-us", words_per_minute: int = 165) 
     text = text.replace("\0", " ").strip()  # a NUL would end the C string early
     if not text:
         return np.zeros(0, dtype=np.int16)
-    encoded = text.encode("utf-8")
+    # A lone surrogate ("\ud800" is valid in a JSON string) has no UTF-8 form; espeak gets "?" for it.
+    encoded = text.encode("utf-8", "replace")
     with _lock:
         engine = _get_engine()
         if not voice or engine.lib.espeak_SetVoiceByName(voice.encode("utf-8")) != _EE_OK:

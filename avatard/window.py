@@ -4,8 +4,10 @@ OpenCV's GUI (Qt in the opencv-python wheel) must live on the process's main thr
 is wanted the daemon is turned inside out: trio runs in a worker thread and the main thread runs
 :meth:`Window.run`, which
 
-- shows the newest frame from a thread-safe slot that a fan-out sink task fills (older frames are
-  simply replaced: a window that falls behind skips pictures, it never shows them late);
+- shows the frames a fan-out sink task hands over through a thread-safe slot, each when it is due:
+  with a speaker, as late as the voice is (the speaker's ring plus the device's buffer), so lips and
+  sound stay together; without one, at once. A window that falls behind skips pictures, it never
+  shows them late;
 - maps keys to the hub: ``1`` replays the audio file, ``2`` interrupts, ``3`` waves, ``q`` quits;
 - handles SIGTERM and SIGINT (trio's signal receiver only works on the main thread), and quits when
   the window is closed. Quitting, whichever way, is the daemon's ordinary shutdown.
@@ -19,9 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import collections
 import signal
 import socket
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -35,7 +39,13 @@ logger = logging.getLogger("avatard.window")
 TITLE = "avatard"
 WAVE = "mini_wave_hello"
 KEYS = {ord("1"): "replay", ord("2"): "interrupt", ord("3"): "wave", ord("q"): "quit", ord("Q"): "quit"}
-SINK_BUFFER = 2  # the slot only keeps the newest frame; the sink needs no more than that in flight
+SINK_BUFFER = 2  # the feed task only moves frames into the slot; it needs no more than that in flight
+# Frames waiting in the slot for their moment: 0.4 s at 25 fps, well above any speaker delay (its ring
+# holds at most 0.16 s); when full, the oldest go (the window is behind anyway).
+SLOT_FRAMES = 10
+# How long the loop waits for a new frame before turning Qt's event loop anyway (keys, close button,
+# a stop request): one frame at 25 fps, so nothing waits noticeably longer than a frame would.
+POLL_SECONDS = 0.04
 X_CONNECT_TIMEOUT = 2.0  # a display that does not accept a connection this fast is not usable
 # The opencv-python wheel's Qt looks for fonts in its own (empty) directory and complains on every
 # start; point it at the system's fonts when it has not been told otherwise.
@@ -83,40 +93,43 @@ def _probe_x(display: str) -> str | None:
 
 
 class _FrameSlot:
-    """The newest picture, handed from the trio thread to the main thread."""
+    """Pictures handed from the trio thread to the main thread, each with the moment it is due on screen."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._image: np.ndarray | None = None
-        self._sequence = 0
+        self._pending: collections.deque[tuple[float, np.ndarray]] = collections.deque(maxlen=SLOT_FRAMES)
 
-    def put(self, image: np.ndarray) -> None:
+    def put(self, image: np.ndarray, due: float) -> None:
+        """Queue ``image`` for ``due`` (``time.monotonic()`` seconds)."""
         with self._changed:
-            self._image = image
-            self._sequence += 1
+            self._pending.append((due, image))
             self._changed.notify_all()
 
     def wake(self) -> None:
         with self._changed:
             self._changed.notify_all()
 
-    def newer_than(self, sequence: int, timeout: float) -> tuple[np.ndarray | None, int]:
-        """Wait up to ``timeout`` for a picture newer than ``sequence``; (None, sequence) if none came."""
+    def take(self, timeout: float) -> np.ndarray | None:
+        """The newest picture that is due (older due ones are skipped), waiting up to ``timeout``; else None."""
+        deadline = time.monotonic() + timeout
         with self._changed:
-            if self._sequence == sequence:
-                self._changed.wait(timeout)
-            if self._sequence == sequence:
-                return None, sequence
-            return self._image, self._sequence
+            while True:
+                now = time.monotonic()
+                due = None
+                while self._pending and self._pending[0][0] <= now:
+                    due = self._pending.popleft()[1]
+                if due is not None or now >= deadline:
+                    return due
+                wake_at = min(deadline, self._pending[0][0]) if self._pending else deadline
+                self._changed.wait(wake_at - now)
 
 
 class Window:
-    def __init__(self, fps: int) -> None:
-        self._period = 1.0 / fps
+    def __init__(self) -> None:
         self._slot = _FrameSlot()
         self._link = None  # (trio token, hub, stop) once the daemon is up: see connect()
-        self._link_ready = threading.Event()
         self._stop_reason: str | None = None
+        self._ever_opened = False  # no Qt call at all before the first frame (a failed start-up never opens)
         self.frames_shown = 0
         self.keys = 0
 
@@ -125,13 +138,13 @@ class Window:
     def connect(self, hub, stop) -> None:
         """Called from the trio thread at start-up: where keys and stop requests go from now on."""
         self._link = (trio.lowlevel.current_trio_token(), hub, stop)
-        self._link_ready.set()
 
-    async def feed(self, fanout, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def feed(self, fanout, delay=None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Hand frames to the window; ``delay()`` is how late the speaker plays the same frame's sound."""
         with fanout.sink("window", SINK_BUFFER) as frames:
             task_status.started()
             async for frame in frames:
-                self._slot.put(frame.image)
+                self._slot.put(frame.image, time.monotonic() + (delay() if delay is not None else 0.0))
 
     def info(self) -> dict:
         return {"frames_shown": self.frames_shown, "keys": self.keys}
@@ -163,10 +176,11 @@ class Window:
         finally:
             # The loop ends when the daemon has; if it ended by an error instead, stop the daemon too.
             while not finished.is_set() and not self._request_stop("window loop ended"):
-                finished.wait(self._period)
+                finished.wait(POLL_SECONDS)
             thread.join()
-            cv2.destroyAllWindows()
-            cv2.waitKey(1)  # lets Qt process the destruction before the interpreter tears down
+            if self._ever_opened:
+                cv2.destroyAllWindows()
+                cv2.waitKey(1)  # lets Qt process the destruction before the interpreter tears down
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if outcome:
@@ -177,13 +191,12 @@ class Window:
         self._stop_reason = f"got {signal.Signals(signum).name}"
 
     def _loop(self, finished: threading.Event) -> None:
-        shown = 0
         opened = False
         stopping = False
         while not finished.is_set():
-            if self._stop_reason is not None and not stopping and self._link_ready.is_set():
+            if self._stop_reason is not None and not stopping:
                 stopping = self._request_stop(self._stop_reason)
-            image, shown_now = self._slot.newer_than(shown, self._period)
+            image = self._slot.take(POLL_SECONDS)
             if stopping:
                 # Quitting: keep Qt's event loop turning but show nothing new (imshow would reopen a closed window).
                 if opened:
@@ -193,10 +206,9 @@ class Window:
                 if not opened:
                     _use_system_fonts()
                     cv2.namedWindow(TITLE, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
-                    opened = True
+                    opened = self._ever_opened = True
                     logger.info("window %r open (keys: 1 replay audio file, 2 interrupt, 3 wave, q quit)", TITLE)
                 cv2.imshow(TITLE, image)
-                shown = shown_now
                 self.frames_shown += 1
             if not opened:
                 continue

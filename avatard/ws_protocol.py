@@ -22,6 +22,7 @@ import struct
 import attrs
 
 from .errors import ProtocolError
+from .untrusted_json import json_object
 
 VIDEO = 0x01
 AUDIO = 0x02
@@ -124,12 +125,7 @@ def parse_client_binary(data: bytes) -> AudioInput:
 
 
 def parse_client_text(text: str) -> AudioInput | TextInput | Interrupt | Gesture | Subscribe:
-    try:
-        msg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise ProtocolError("bad_message", "message must be a JSON object")
+    msg = json_object(text, "message", "bad_message")
     kind = msg.get("type")
     if kind == "audio_input":
         return _audio_input(msg)

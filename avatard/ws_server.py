@@ -67,7 +67,7 @@ class Client:
         self._media: collections.deque = collections.deque()  # ("audio"|"json", payload), in order
         self._video: collections.deque = collections.deque()
         self._wake = trio.Event()
-        self._resamplers: dict[int, StreamResampler] = {}
+        self._resampler: StreamResampler | None = None  # for the rate this client sends at
         self.too_slow = False
         self._sending_since: float | None = None  # when the send in progress started
         self.video_dropped = 0
@@ -79,32 +79,41 @@ class Client:
         self._media.append(("json", text))
         self._wake.set()
 
-    def push_frame(self, video: bytes, audio: bytes) -> None:
+    def push_audio(self, audio: bytes) -> None:
+        """Queue one tick's audio (sent ahead of its video, which waits for JPEG encoding)."""
         if self._sending_since is not None and trio.current_time() - self._sending_since > MAX_SEND_STALL:
-            self.too_slow = True
-            self.scope.cancel()
+            self._disconnect_slow()
             return
-        if self.want_audio:
-            audio_queued = sum(1 for kind, _ in self._media if kind == "audio") if len(self._media) > MAX_AUDIO_BACKLOG else 0
-            if audio_queued > MAX_AUDIO_BACKLOG:
-                self.too_slow = True
-                self.scope.cancel()
-                return
-            self._media.append(("audio", audio))
-        if self.want_video:
-            if len(self._video) >= VIDEO_BACKLOG:
-                self._video.popleft()
-                self.video_dropped += 1
-            self._video.append(video)
+        if not self.want_audio:
+            return
+        audio_queued = sum(1 for kind, _ in self._media if kind == "audio") if len(self._media) > MAX_AUDIO_BACKLOG else 0
+        if audio_queued > MAX_AUDIO_BACKLOG:
+            self._disconnect_slow()
+            return
+        self._media.append(("audio", audio))
         self._wake.set()
+
+    def push_video(self, video: bytes) -> None:
+        if not self.want_video or self.too_slow:
+            return
+        if len(self._video) >= VIDEO_BACKLOG:
+            self._video.popleft()
+            self.video_dropped += 1
+        self._video.append(video)
+        self._wake.set()
+
+    def _disconnect_slow(self) -> None:
+        self.too_slow = True
+        self.scope.cancel()
 
     def flush_audio(self) -> None:
         self._media = collections.deque(item for item in self._media if item[0] != "audio")
 
     def resampler(self, rate: int) -> StreamResampler:
-        if rate not in self._resamplers:
-            self._resamplers[rate] = StreamResampler(rate, RATE)
-        return self._resamplers[rate]
+        """One stateful resampler, for the client's current rate (a client that switches rates restarts it)."""
+        if self._resampler is None or self._resampler.in_rate != rate:
+            self._resampler = StreamResampler(rate, RATE)
+        return self._resampler
 
     def _next(self):
         if self._media:
@@ -175,16 +184,18 @@ class WsServer:
             async for frame in frames:
                 if not self.clients:
                     continue
-                # cv2 releases the GIL while encoding, so the event loop keeps running meanwhile.
-                ok, jpeg = await trio.to_thread.run_sync(cv2.imencode, ".jpg", frame.image, quality)
-                height, width = frame.image.shape[:2]
-                video = wire.encode_video(width, height, float(self.hub.renderer.fps), jpeg.tobytes(), frame.timestamp)
                 samples = frame.audio
                 if frame.generation != self.hub.renderer.generation:
                     samples = np.zeros_like(samples)  # rendered before an interrupt that happened while queued here
                 audio = wire.encode_audio(RATE, 1, samples.astype("<i2").tobytes(), frame.timestamp)
                 for client in list(self.clients.values()):
-                    client.push_frame(video, audio)
+                    client.push_audio(audio)
+                # cv2 releases the GIL while encoding, so the event loop (and the audio above) keeps going.
+                ok, jpeg = await trio.to_thread.run_sync(cv2.imencode, ".jpg", frame.image, quality)
+                height, width = frame.image.shape[:2]
+                video = wire.encode_video(width, height, float(self.hub.renderer.fps), jpeg.tobytes(), frame.timestamp)
+                for client in list(self.clients.values()):
+                    client.push_video(video)
 
     async def _event_pump(self) -> None:
         with self.hub.events.subscribe(EVENT_KINDS) as events:

@@ -9,6 +9,7 @@ connects to). It runs in a thread of the bench's own process, so its ``SessionRe
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ import _common as c
 sys.path.insert(0, str(c.REPO / "tests"))
 from gemini_live_server import GeminiLiveTestServer  # noqa: E402  (needs the path above)
 
-__all__ = ["GeminiLiveTestServer", "start_gemini_daemon", "start_local_daemon", "port_of", "Histogram",
+__all__ = ["GeminiLiveTestServer", "ServerProcess", "start_gemini_daemon", "start_local_daemon", "port_of", "Histogram",
            "scrape_metrics", "is_silent", "rss_kib", "fd_count", "connect"]
 
 BRAIN_TIMEOUT = 20.0  # the first Live session (TLS + setup) takes ~1 s; far longer means it is broken
@@ -33,12 +34,76 @@ RECEIVE_BYTES = 64 * 1024  # a browser reads in large chunks; trio-websocket's 4
 AUDIO_HEADER = 18  # bytes before the PCM of an audio chunk (docs/protocol.md)
 
 
+class ServerProcess:
+    """The Live test server in a child process of its own, with the same ``base_url``/``ca_path`` and snapshots.
+
+    In-process, the server's thread competes with the bench's WebSocket clients for one GIL: a
+    ``realtime=False`` answer is a burst of ~70 messages encoded at once, right when the clients should
+    be timing the first audio. In a child process it competes only for a core. ``sent_at`` stays comparable
+    with this process's ``time.perf_counter()``: on Linux that is CLOCK_MONOTONIC, one clock for the whole
+    machine. Snapshots (``sessions``, ``conversations``, ...) are fetched over a pipe, by attribute name.
+    """
+
+    def __init__(self, **options) -> None:
+        self._options = options
+        self._pipe = None
+        self._process = None
+        self.base_url: str | None = None
+        self.ca_path: str | None = None
+
+    def __enter__(self) -> "ServerProcess":
+        context = multiprocessing.get_context("spawn")  # no copy of this process's sockets or threads
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, self._options), daemon=True,
+                                        name="gemini-live-test-server")
+        self._process.start()
+        child.close()
+        if not self._pipe.poll(BRAIN_TIMEOUT):
+            self.__exit__()
+            raise RuntimeError("the Live test server process did not start")
+        self.base_url, self.ca_path = self._pipe.recv()
+        return self
+
+    def snapshot(self, name: str):
+        self._pipe.send(name)
+        return self._pipe.recv()
+
+    @property
+    def sessions(self) -> list:
+        return self.snapshot("sessions")
+
+    @property
+    def conversations(self) -> dict:
+        return self.snapshot("conversations")
+
+    def __exit__(self, *exc) -> None:
+        if self._process is None:
+            return
+        try:
+            self._pipe.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._pipe.close()
+        self._process = None
+
+
+def _serve(pipe, options) -> None:
+    with GeminiLiveTestServer(**options) as server:
+        pipe.send((server.base_url, server.ca_path))
+        while (name := pipe.recv()) is not None:
+            pipe.send(getattr(server, name))
+
+
 def server_args(max_clients: int) -> list[str]:
     return ["--server", "--host", "127.0.0.1", "--port", "0", "--max-clients", str(max_clients),
             "--log-level", "warning"]
 
 
-def start_gemini_daemon(server: GeminiLiveTestServer, max_clients: int) -> c.Daemon:
+def start_gemini_daemon(server: GeminiLiveTestServer | ServerProcess, max_clients: int) -> c.Daemon:
     """``avatard --server`` with the Gemini brain pointed at ``server``; returns once the brain is connected."""
     # The daemon inherits our environment (minus GEMINI_*/GOOGLE_*): never send 127.0.0.1 through a proxy.
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
@@ -90,19 +155,6 @@ class Histogram:
             return self
         return Histogram(tuple((le, n - m) for (le, n), (_, m) in zip(self.buckets, earlier.buckets)),
                          self.sum - earlier.sum, self.count - earlier.count)
-
-    def quantile(self, q: float) -> float:
-        """Prometheus' histogram_quantile(): linear inside the bucket; the top finite bound if in +Inf."""
-        if not self.count:
-            return float("nan")
-        rank, lower, below = q * self.count, 0.0, 0.0
-        for le, cumulative in self.buckets:
-            if cumulative >= rank:
-                if le == float("inf"):
-                    return lower
-                return lower + (le - lower) * (rank - below) / max(cumulative - below, 1e-12)
-            lower, below = le, cumulative
-        return lower
 
     def bound(self, q: float) -> float:
         """The upper bound of the bucket holding the q-quantile (what ``avatarctl status`` shows as p95)."""

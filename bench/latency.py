@@ -1,15 +1,17 @@
 """Latency the daemon adds: model audio in -> lip-synced audio out, and interrupt -> silence on every client.
 
 A real ``avatard --server`` with the Gemini brain talks to the Live test server (tests/gemini_live_server.py,
-in a thread of this process) with ``realtime=False``: the server answers every turn at once, so any time
-between the model's audio and a client hearing it is the daemon's. ``--clients`` WebSocket clients
+in a child process, or with ``--server-in-process`` in a thread of this one) with ``realtime=False``: the
+server answers every turn at once, so any time between the model's audio and a client hearing it is the
+daemon's. ``--clients`` WebSocket clients
 (default 3) read everything. Each of N turns (after ``--warmup`` uncounted ones):
 
 1. client 1 sends ``text_input``; every client waits for its first non-silent audio chunk;
 2. (a) **model audio -> speech out**: from the server's ``sent_at`` of the turn's first audio message
-   (``time.perf_counter()`` once the frame is written to its TLS socket; same process, same clock) to each
-   client receiving the first non-silent audio chunk. The receive time is an upper bound for "leaving the
-   WebSocket": it adds this process's own scheduling and the server thread competing for the GIL. Split
+   (``time.perf_counter()`` once the frame is written to its TLS socket: CLOCK_MONOTONIC, the same clock in
+   every process of the machine) to each client receiving the first non-silent audio chunk. The receive time
+   is an upper bound for "leaving the WebSocket": it adds this process's own scheduling (and, in-process,
+   the server thread competing for the GIL). Split
    with the chunk's header timestamp (the renderer tick it belongs to, wall clock) into *audio -> its tick*
    (the wait for the clock: at 25 fps up to 40 ms by design) and *tick -> client* (render, JPEG, send);
 3. 0.15-0.6 s later (random, so interrupts do not align with ticks) an interrupt, rotating through three
@@ -244,8 +246,9 @@ def _first_audio_per_turn(server: g.GeminiLiveTestServer, turns: int, warmup: in
     return firsts[warmup:]
 
 
-def run_gemini(clients: int, turns: int, warmup: int) -> Run:
-    with g.GeminiLiveTestServer(realtime=False, ms_per_char=REPLY_MS_PER_CHAR) as server:
+def run_gemini(clients: int, turns: int, warmup: int, in_process: bool) -> Run:
+    options = dict(realtime=False, ms_per_char=REPLY_MS_PER_CHAR)
+    with (g.GeminiLiveTestServer(**options) if in_process else g.ServerProcess(**options)) as server:
         with g.start_gemini_daemon(server, clients + 2) as daemon:
             done, histograms, status = trio.run(_drive, daemon, clients, turns, warmup)
         for turn, at in zip(done, _first_audio_per_turn(server, turns, warmup)):
@@ -329,6 +332,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=30, help="counted turns per brain")
     parser.add_argument("--clients", type=int, default=3, help="WebSocket clients reading everything")
     parser.add_argument("--warmup", type=int, default=2, help="uncounted turns first (cold caches, first resampler)")
+    parser.add_argument("--server-in-process", action="store_true",
+                        help="run the Live test server in a thread of this process (default: a child process)")
     parser.add_argument("--no-local", action="store_true", help="skip the offline-brain baseline")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     args = parser.parse_args()
@@ -338,8 +343,9 @@ def main() -> None:
     print(f"machine: {c.machine()}\nload average before: {c.loadavg()}")
     print(f"{args.turns} turns (+{args.warmup} warm-up) per brain, {args.clients} WebSocket clients, interrupts "
           f"rotating {'/'.join(METHODS)}; goal p95 <= {GOAL_MS:g} ms for (a) and (b)\n")
-    print("  running: Gemini brain, Live test server answering instantly ...", flush=True)
-    gem = run_gemini(args.clients, args.turns, args.warmup)
+    where = "in this process" if args.server_in_process else "in a child process"
+    print(f"  running: Gemini brain, Live test server ({where}) answering instantly ...", flush=True)
+    gem = run_gemini(args.clients, args.turns, args.warmup, args.server_in_process)
     runs = [gem]
     if not args.no_local:
         print("  running: offline brain (baseline) ...", flush=True)
@@ -367,9 +373,8 @@ def main() -> None:
     ]
     print()
     c.print_table(["measure", "gemini (test server, instant)", "offline brain (baseline)"], rows)
-    frames = [(r.brain, r.status["frames_rendered"], r.status["frames_dropped"], r.status["ticks_skipped"],
-               r.status["reconnects"]) for r in runs]
-    print("\n" + "; ".join(f"{b}: rendered {fr}, dropped {d}, ticks skipped {s}, reconnects {rc}" for b, fr, d, s, rc in frames))
+    print("\n" + "; ".join(f"{r.brain}: rendered {r.status['frames_rendered']}, dropped {r.status['frames_dropped']}, "
+                          f"ticks skipped {r.status['ticks_skipped']}, reconnects {r.status['reconnects']}" for r in runs))
     print(f"load average after: {c.loadavg()}. (a) goal: {verdict(speech_out(gem))}; "
           f"(b) goal: {verdict(to_silence(gem))}")
     print("(avatarctl rows: timed from the daemon's `interrupted` event timestamp, see the docstring)")

@@ -13,13 +13,14 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 
 SPEAKER_SINK = "avatard_speaker"
@@ -139,6 +140,17 @@ def quiet(samples: np.ndarray, level: int = 50) -> bool:
     return len(samples) > 0 and int(np.abs(samples.astype(np.int32)).max()) < level
 
 
+def developed(film: subprocess.Popen, timeout: float = 60.0) -> list[tuple[float, np.ndarray]]:
+    """The (monotonic time, BGR picture) pairs a :meth:`Xvfb.film` recorded."""
+    data, _ = film.communicate(timeout=timeout)
+    assert film.returncode == 0
+    width, height = struct.unpack("<II", data[:8])
+    size = 8 + width * height * 3
+    return [(struct.unpack("<d", data[start:start + 8])[0],
+             np.frombuffer(data[start + 8:start + size], np.uint8).reshape(height, width, 3))
+            for start in range(8, len(data) - size + 1, size)]
+
+
 def speech_seconds(samples: np.ndarray, level: float = 300.0) -> float:
     """Seconds of 20 ms blocks whose RMS exceeds ``level`` (speech, not the silence around it)."""
     blocks = samples[: len(samples) // 320 * 320].astype(np.float64).reshape(-1, 320)
@@ -171,10 +183,10 @@ class Xvfb:
     def find_window(self, title: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = subprocess.run(["xdotool", "search", "--name", f"^{title}$"], env=dict(os.environ, DISPLAY=self.display),
+            result = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", f"^{title}$"], env=dict(os.environ, DISPLAY=self.display),
                                     capture_output=True, text=True)
             if result.returncode == 0 and result.stdout.split():
-                return result.stdout.split()[0]
+                return result.stdout.split()[-1]  # the newest
             time.sleep(0.1)
         raise TimeoutError(f"no window titled {title!r} within {timeout} s")
 
@@ -184,15 +196,38 @@ class Xvfb:
         self.xdotool("key", key)
 
     def screenshot(self, window: str) -> np.ndarray:
-        """The window's pixels (BGR), grabbed from the X server by ffmpeg's x11grab (through PyAV)."""
+        """The window's pixels (BGR), grabbed from the X server by ffmpeg's x11grab (through PyAV).
+
+        In a child process: PyAV's and OpenCV's wheels each bundle their own libxcb, and once the test
+        process has loaded OpenCV's, x11grab in the same process crashes.
+        """
         geometry = dict(line.split("=") for line in self.xdotool("getwindowgeometry", "--shell", window).splitlines())
-        container = av.open(self.display, format="x11grab",
-                            options={"video_size": f"{geometry['WIDTH']}x{geometry['HEIGHT']}",
-                                     "grab_x": geometry["X"], "grab_y": geometry["Y"]})
-        try:
-            return next(container.decode(video=0)).to_ndarray(format="bgr24")
-        finally:
-            container.close()
+        width, height = int(geometry["WIDTH"]), int(geometry["HEIGHT"])
+        grab = ("import av, sys\n"
+                f"c = av.open({self.display!r}, format='x11grab', options={{'video_size': '{width}x{height}', "
+                f"'grab_x': '{geometry['X']}', 'grab_y': '{geometry['Y']}'}})\n"
+                "sys.stdout.buffer.write(next(c.decode(video=0)).to_ndarray(format='bgr24').tobytes())\n")
+        result = subprocess.run([sys.executable, "-c", grab], capture_output=True, timeout=30)
+        assert result.returncode == 0, result.stderr.decode()
+        return np.frombuffer(result.stdout, np.uint8).reshape(height, width, 3)
+
+    def film(self, window: str, seconds: float) -> subprocess.Popen:
+        """Start grabbing the window at 50 frames/s for ``seconds``; :func:`developed` reads the result.
+
+        Each frame is stamped with ``time.monotonic()`` (system-wide, so comparable with a Monitor's).
+        """
+        geometry = dict(line.split("=") for line in self.xdotool("getwindowgeometry", "--shell", window).splitlines())
+        width, height = int(geometry["WIDTH"]), int(geometry["HEIGHT"])
+        grab = ("import av, sys, time, struct\n"
+                f"c = av.open({self.display!r}, format='x11grab', options={{'video_size': '{width}x{height}', "
+                f"'grab_x': '{geometry['X']}', 'grab_y': '{geometry['Y']}', 'framerate': '50'}})\n"
+                f"end = time.monotonic() + {seconds}\n"
+                f"sys.stdout.buffer.write(struct.pack('<II', {width}, {height}))\n"
+                "for frame in c.decode(video=0):\n"
+                "    now = time.monotonic()\n"
+                "    sys.stdout.buffer.write(struct.pack('<d', now) + frame.to_ndarray(format='bgr24').tobytes())\n"
+                "    if now > end: break\n")
+        return subprocess.Popen([sys.executable, "-c", grab], stdout=subprocess.PIPE)
 
     def close_window(self, window: str) -> None:
         """Send WM_DELETE_WINDOW, what a window manager sends when the user clicks the close button."""

@@ -222,3 +222,18 @@ def test_turns_sent_while_reconnecting_are_kept_and_answered(gemini_daemon, live
     attempts = [e for e in events if e.get("status") == "brain_reconnecting"]
     assert len(attempts) >= 2, "it backed off and retried"
     assert [e["text"] for e in events if e.get("role") == "user"] == ["during the outage"]
+
+
+def test_go_away_lets_the_answer_in_progress_finish(gemini_daemon, live):
+    ask_and_wait_answer(gemini_daemon, "first turn")
+    watcher = gemini_daemon.control()
+    watcher.request("subscribe", events=["status", "transcription"])
+    assert gemini_daemon.ctl("ask", "a longer answer that is still playing when the server says goodbye").returncode == 0
+    watcher.events_until(lambda e: e.get("role") == "assistant" and not e["is_final"], 10)
+    live.send_go_away("10s")
+    events = watcher.events_until(lambda e: e.get("status") == "brain_connected", 15)
+    finals = [e for e in events if e.get("role") == "assistant" and e["is_final"]]
+    assert finals and not finals[-1].get("interrupted"), "the answer finished on the old connection"
+    assert finals[-1]["text"].endswith("server says goodbye")
+    assert live.sessions[0].closed_by == "client" and live.sessions[0].close_code == 1000
+    ask_and_wait_answer(gemini_daemon, "after the move")
