@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import signal
 
 import trio
@@ -117,10 +118,12 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
 
 def _begin_shutdown(scope: trio.CancelScope, hub: Hub, reason: str) -> None:
     """The one way the daemon stops (signal, q key, closed window): announce it, then cancel everything."""
+    if scope.deadline != math.inf:
+        return  # already stopping (e.g. `timeout` signals the process and then its group)
     logger.info("%s; shutting down", reason)
     sd_notify.notify("STOPPING=1")
     hub.events.publish("status", status="stopping")
-    scope.deadline = min(scope.deadline, trio.current_time() + STOP_NOTICE)
+    scope.deadline = trio.current_time() + STOP_NOTICE
 
 
 async def _stop_on_signals(stop) -> None:

@@ -138,7 +138,8 @@ class Speaker:
         self.choice = choice
         self._current_generation = current_generation
         self._ring = SampleRing(int(RING_SECONDS * choice.rate), int(PREFILL_SECONDS * choice.rate),
-                                margin=int(MARGIN_SECONDS * choice.rate), trim_window=int(TRIM_WINDOW_SECONDS * choice.rate))
+                                margin=int(MARGIN_SECONDS * choice.rate),
+                                trim_window=int(TRIM_WINDOW_SECONDS * choice.rate))
         self._resampler = StreamResampler(RATE, choice.rate)
         self.blocks_played = 0
         self.device_underflows = 0  # PortAudio's own report: the callback was late for the card
@@ -164,9 +165,10 @@ class Speaker:
             with fanout.sink("speaker", SINK_BUFFER) as frames:
                 task_status.started()
                 async for frame in frames:
+                    audio = frame.audio
                     if frame.generation != self._current_generation():
-                        continue  # queued here before an interrupt: must not be heard after it
-                    self._ring.write(self._resampler.process(frame.audio))
+                        audio = np.zeros_like(audio)  # queued here before an interrupt: must not be heard after it
+                    self._ring.write(self._resampler.process(audio))
         finally:
             stream.abort(ignore_errors=True)
             stream.close(ignore_errors=True)

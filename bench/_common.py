@@ -32,7 +32,7 @@ TABLE_HEADER = "| bench | command | machine | date | result | goal |"
 TABLE_RULE = "|---|---|---|---|---|---|"
 
 READY_TIMEOUT = 20.0  # a cold start on a loaded box takes ~2 s; ten times that means it is broken
-STOP_TIMEOUT = 5.0  # the daemon promises to exit within SHUTDOWN_GRACE (1.5 s) of SIGTERM
+STOP_TIMEOUT = 5.0  # the daemon promises to exit within 2 s of SIGTERM; more than that is a failure to report
 CONTROL_TIMEOUT = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Keys that would switch the daemon to a networked brain or renderer, or override its flags.

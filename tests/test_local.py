@@ -80,6 +80,24 @@ def wait_until(predicate, timeout: float, what: str):
     raise TimeoutError(f"{what} within {timeout} s")
 
 
+def start_painted(local, xvfb, *args: str):
+    """Start a local daemon and return it with its window, once the window shows a picture.
+
+    Under Xvfb with no window manager, a Qt window now and then never paints (about one start in
+    fifteen here, and the same with a bare ``cv2.imshow`` loop, so not avatard's doing); such a start
+    is retried rather than counted as a failure of the daemon.
+    """
+    for _ in range(3):
+        daemon = local(*args)
+        win = xvfb.find_window("avatard")
+        try:
+            wait_until(lambda: xvfb.screenshot(win).std() > 20, 3, "blank window")
+            return daemon, win
+        except TimeoutError:
+            assert daemon.stop() == 0
+    raise AssertionError("the window stayed blank in three starts")
+
+
 def wait_flowing(daemon) -> None:
     wait_until(lambda: local_io(daemon)["speaker"]["blocks_played"] >= FLOWING_BLOCKS, 15, "speaker not flowing")
 
@@ -445,11 +463,9 @@ def test_microphone_feeds_the_brain_and_barge_in_gates_it(local, pulse, speech_w
 
 
 def test_window_shows_the_avatar_and_keys_drive_it(local, xvfb, speech_wav):
-    daemon = local("--audio-file", str(speech_wav))
+    daemon, win = start_painted(local, xvfb, "--audio-file", str(speech_wav))
     watcher = daemon.control()
     assert watcher.request("subscribe", events=["status", "gesture", "transcription"])["ok"]
-    win = xvfb.find_window("avatard")
-    time.sleep(0.3)
     shot = xvfb.screenshot(win)
     assert shot.shape == (512, 512, 3)
     assert shot.std() > 20, "the window shows a picture, not a blank"
@@ -478,9 +494,8 @@ def test_window_shows_the_avatar_and_keys_drive_it(local, xvfb, speech_wav):
 
 def test_window_and_speaker_are_lip_synced(local, pulse, xvfb):
     """Film the window and record the speaker at once: the mouth moves when the sound comes out."""
-    daemon = local()
+    daemon, win = start_painted(local, xvfb)
     wait_flowing(daemon)
-    win = xvfb.find_window("avatard")
     monitor = pulse.listen()
     try:
         assert daemon.ctl("say", LONG_SENTENCE).returncode == 0
@@ -495,15 +510,6 @@ def test_window_and_speaker_are_lip_synced(local, pulse, xvfb):
     # A chunk's stamp is when its last sample arrived; its middle played 5 ms earlier.
     heard_at = np.array([stamp for stamp, _ in heard]) - 0.005
     loudness = np.array([np.sqrt(np.mean(samples.astype(np.float64) ** 2)) for _, samples in heard])
-    if mouth.std() <= 1:
-        import subprocess as sp
-        print("DEBUG windows", xvfb.xdotool("search", "--name", "avatard"), "chosen", win,
-              xvfb.xdotool("getwindowgeometry", "--shell", win), "mean", shots[0][1].mean(), shots[-1][1].mean())
-        for w in xvfb.xdotool("search", "--name", "avatard").split():
-            print(w, xvfb.xdotool("getwindowgeometry", "--shell", w).replace("\n", " "))
-        print("DEBUG status", local_io(daemon)["window"], "film times", seen_at[0], seen_at[-1], "heard", heard_at[0], heard_at[-1])
-        print("DEBUG second shot mean", xvfb.screenshot(win).mean())
-        print("DEBUG log", daemon.log()[-1500:])
     assert len(shots) > 100 and mouth.std() > 1, "the film shows a talking face"
     assert loudness[(heard_at > seen_at[0]) & (heard_at < seen_at[-1])].std() > 100, "the speaker talked meanwhile"
     offsets = np.arange(-0.2, 0.201, 0.01)
