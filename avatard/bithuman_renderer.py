@@ -65,7 +65,6 @@ import functools
 import inspect
 import logging
 import re
-import time
 
 import cv2
 import numpy as np
@@ -76,6 +75,7 @@ from .animator import GESTURES, UnknownGesture, mouth_target
 from .audio import RATE, StreamResampler
 from .errors import ConfigError, RendererError
 from .events import EventBus
+from .frame_clock import FrameClock
 from .fallback_renderer import FallbackRenderer, RendererFailed
 from .latency import LatencyMeter
 from .messages import Frame
@@ -101,8 +101,6 @@ STARTUP_RETRY_DELAYS = (1.0, 3.0)
 # SDK frames pulled ahead of our clock. Small on purpose: after an interrupt, frames already pulled are
 # shown silent, so this bounds the stale mouth movement (3 frames = 120 ms at 25 fps).
 STREAM_BUFFER = 3
-# As in the built-in renderer: further behind than this, the clock jumps ahead instead of bursting.
-MAX_LAG_FRAMES = 5
 # Audio the SDK delivered ahead of the frames that carry it, in frames; beyond this it is dropped (counted
 # in audio_dropped) to keep lip sync -- the picture is the clock.
 MAX_FIFO_FRAMES = 3
@@ -241,7 +239,7 @@ class BithumanRenderer:
         self._speaking = SpeakingTracker(events, latency)
         self.frames_rendered = 0
         self.frames_dropped = 0  # the fan-out did not take a frame in time
-        self.ticks_skipped = 0
+        self._ticks: FrameClock | None = None
         self.audio_dropped = 0  # samples beyond MAX_FIFO_FRAMES, dropped to keep sync
         self.last_frame: Frame | None = None
         self._gestures = sorted(GESTURES)
@@ -264,6 +262,10 @@ class BithumanRenderer:
         self._aio_tasks: set = set()
 
     # -- the renderer interface ---------------------------------------------------------------------
+
+    @property
+    def ticks_skipped(self) -> int:
+        return self._ticks.skipped if self._ticks else 0
 
     @property
     def speaking(self) -> bool:
@@ -426,25 +428,12 @@ class BithumanRenderer:
             raise RendererFailed(f"bitHuman stopped: {describe(exc, self._api_secret)}") from None
 
     async def _clock(self, stream, tag: int, video_frame, frames: trio.MemorySendChannel) -> None:
-        period = 1.0 / self.fps
-        start = trio.current_time()
-        wall_offset = time.time() - start
-        tick = 0
+        self._ticks = FrameClock(self.fps, "bitHuman renderer")
         while True:
             if video_frame.bgr_image is None:
                 self._take_audio(tag, video_frame)
             else:
-                deadline = start + tick * period
-                await trio.sleep_until(deadline)
-                lag = trio.current_time() - deadline
-                if lag > MAX_LAG_FRAMES * period:
-                    skip = int(lag / period)
-                    self.ticks_skipped += skip
-                    tick += skip
-                    deadline = start + tick * period
-                    logger.warning("bitHuman frames are %.0f ms late; skipped %d ticks", lag * 1000, skip)
-                frame = self._render(tag, video_frame, tick, deadline + wall_offset)
-                tick += 1
+                frame = self._render(tag, video_frame, *await self._ticks.next_tick())
                 try:
                     frames.send_nowait(frame)
                 except trio.WouldBlock:

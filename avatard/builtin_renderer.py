@@ -9,7 +9,6 @@ sound are in sync by construction: the mouth of a frame is computed from that fr
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import trio
@@ -17,6 +16,7 @@ import trio
 from . import face
 from .animator import GESTURES, Animator
 from .events import EventBus
+from .frame_clock import FrameClock
 from .latency import LatencyMeter
 from .messages import Frame
 from .speaking import SpeakingTracker, publish_frame
@@ -24,9 +24,6 @@ from .speech_buffer import SpeechBuffer
 
 logger = logging.getLogger("avatard.renderer")
 
-# If the clock falls further behind than this (a stalled CPU, a debugger), it skips ahead instead of
-# rushing out a burst of frames that would all be late anyway; skipped ticks are counted.
-MAX_LAG_FRAMES = 5
 
 
 class BuiltinRenderer:
@@ -45,7 +42,7 @@ class BuiltinRenderer:
         self._speaking = SpeakingTracker(events, latency)
         self.frames_rendered = 0
         self.frames_dropped = 0  # the fan-out did not take a frame in time
-        self.ticks_skipped = 0
+        self._clock: FrameClock | None = None
         self.last_frame: Frame | None = None
 
     # -- the AsyncBithuman-shaped surface --------------------------------------------------------
@@ -53,6 +50,10 @@ class BuiltinRenderer:
     @property
     def gestures(self) -> list[str]:
         return sorted(GESTURES)
+
+    @property
+    def ticks_skipped(self) -> int:
+        return self._clock.skipped if self._clock else 0
 
     @property
     def speaking(self) -> bool:
@@ -84,24 +85,11 @@ class BuiltinRenderer:
 
     async def run(self, frames: trio.MemorySendChannel, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The clock: one frame every 1/fps seconds, forever; never waits for a consumer."""
-        period = 1.0 / self.fps
-        start = trio.current_time()
-        wall_offset = time.time() - start
-        tick = 0
+        self._clock = FrameClock(self.fps, "renderer")
         task_status.started()
         async with frames:
             while True:
-                deadline = start + tick * period
-                await trio.sleep_until(deadline)
-                lag = trio.current_time() - deadline
-                if lag > MAX_LAG_FRAMES * period:
-                    skip = int(lag / period)
-                    self.ticks_skipped += skip
-                    tick += skip
-                    deadline = start + tick * period
-                    logger.warning("renderer fell %.0f ms behind; skipped %d ticks", lag * 1000, skip)
-                frame = self._render(tick, deadline + wall_offset)
-                tick += 1
+                frame = self._render(*await self._clock.next_tick())
                 try:
                     frames.send_nowait(frame)
                 except trio.WouldBlock:

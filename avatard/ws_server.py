@@ -65,6 +65,7 @@ class Client:
         self.want_video = True
         self.want_audio = True
         self._media: collections.deque = collections.deque()  # ("audio"|"json", payload), in order
+        self._audio_queued = 0  # the "audio" items in _media, kept so the per-frame check is O(1)
         self._video: collections.deque = collections.deque()
         self._wake = trio.Event()
         self._resampler: StreamResampler | None = None  # for the rate this client sends at
@@ -86,11 +87,11 @@ class Client:
             return
         if not self.want_audio:
             return
-        audio_queued = sum(1 for kind, _ in self._media if kind == "audio") if len(self._media) > MAX_AUDIO_BACKLOG else 0
-        if audio_queued > MAX_AUDIO_BACKLOG:
+        if self._audio_queued > MAX_AUDIO_BACKLOG:
             self._disconnect_slow()
             return
         self._media.append(("audio", audio))
+        self._audio_queued += 1
         self._wake.set()
 
     def push_video(self, video: bytes) -> None:
@@ -108,6 +109,7 @@ class Client:
 
     def flush_audio(self) -> None:
         self._media = collections.deque(item for item in self._media if item[0] != "audio")
+        self._audio_queued = 0
 
     def resampler(self, rate: int) -> StreamResampler:
         """One stateful resampler, for the client's current rate (a client that switches rates restarts it)."""
@@ -117,7 +119,9 @@ class Client:
 
     def _next(self):
         if self._media:
-            return self._media.popleft()[1]
+            kind, message = self._media.popleft()
+            self._audio_queued -= kind == "audio"
+            return message
         if self._video:
             self.frames_sent += 1
             return self._video.popleft()
