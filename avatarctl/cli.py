@@ -13,6 +13,7 @@ import sys
 import click
 
 from avatard.paths import default_control_socket
+from avatard.protocol import control as proto
 
 REPLY_TIMEOUT = 10.0  # a say/ask waits for room in the brain's queue; anything longer means a stuck daemon
 EXIT_REFUSED, EXIT_UNREACHABLE = 1, 3
@@ -42,7 +43,7 @@ class Connection:
         self.reader = self.sock.makefile("rb")
 
     def request(self, cmd: str, **fields) -> dict:
-        self.sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        self.sock.sendall(proto.request(cmd, **fields))
         return self.next_line()
 
     def next_line(self) -> dict:
@@ -185,11 +186,8 @@ def snapshot(state: State, path: str) -> None:
     state.show(reply, f"frame {reply['index']} ({reply['width']}x{reply['height']}) -> {path}")
 
 
-EVENT_KINDS = ("status", "transcription", "gesture", "client", "latency", "error", "frame")
-
-
 @command(cli)
-@click.option("--events", "kinds", multiple=True, type=click.Choice(EVENT_KINDS),
+@click.option("--events", "kinds", multiple=True, type=click.Choice(proto.EVENT_KINDS),
               help="Only these kinds (repeatable) [default: all but frame].")
 @pass_state
 def subscribe(state: State, kinds: tuple[str, ...]) -> None:

@@ -20,17 +20,18 @@ import signal
 
 import trio
 
-from . import metrics, sd_notify
-from .builtin_renderer import BuiltinRenderer
+from . import sd_notify
+from .brains.keyword_gestures import DEFAULT_KEYWORDS, KeywordGestures, load_keywords
+from .brains.local import LocalBrain
 from .config import Config
-from .control import serve_control
-from .events import EventBus
-from .fanout import RENDER_QUEUE, FanOut
-from .hub import Hub
-from .keyword_gestures import DEFAULT_KEYWORDS, KeywordGestures, load_keywords
-from .latency import LatencyMeter
-from .local_io import LocalSetup, prepare, start_local_io
-from .local_brain import LocalBrain
+from .control.server import serve_control
+from .core import metrics
+from .core.events import EventBus
+from .core.fanout import RENDER_QUEUE, FanOut
+from .core.hub import Hub
+from .core.latency import LatencyMeter
+from .local.setup import LocalSetup, make_local_parts, prepare, start_local_parts
+from .renderers.builtin import BuiltinRenderer
 
 logger = logging.getLogger("avatard.app")
 
@@ -46,7 +47,7 @@ def make_renderer(config: Config, events: EventBus, latency: LatencyMeter):
     if config.renderer_kind == "bithuman":
         # bitHuman, with the built-in renderer standing by (avatard.fallback_renderer); its size and fps
         # are the model's, known once its run() has started.
-        from .bithuman_renderer import make_bithuman_renderer
+        from .renderers.bithuman import make_bithuman_renderer
         return make_bithuman_renderer(config, events, latency)
     return BuiltinRenderer(width=config.width, height=config.height, fps=config.fps, events=events, latency=latency)
 
@@ -55,7 +56,7 @@ def make_brain(config: Config, renderer, events: EventBus, latency: LatencyMeter
     keywords = KeywordGestures(load_keywords(config.gestures_file) if config.gestures_file else DEFAULT_KEYWORDS,
                                cooldown=config.gesture_cooldown)
     if config.brain_kind == "gemini":
-        from .gemini_brain import GeminiBrain
+        from .brains.gemini import GeminiBrain
         return GeminiBrain(config=config, renderer=renderer, events=events, latency=latency, keywords=keywords)
     return LocalBrain(renderer=renderer, events=events, latency=latency, keywords=keywords)
 
@@ -66,19 +67,22 @@ def main(config: Config) -> None:
     OpenCV's window must own the main thread (see avatard.window), which then also takes the signals.
     """
     if config.wants_window:
-        from .window import check_display
+        from .local.window import check_display
         check_display()  # before any window call: OpenCV's Qt aborts the process without a display
     setup = prepare(config)  # audio file and sound devices: fails with one line before anything runs
     if not config.wants_window:
         trio.run(run, config, None, setup)
         return
-    from .window import Window
+    from .local.window import Window
     window = Window()
     window.run(functools.partial(trio.run, run, config, window, setup))
 
 
 async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> None:
-    """The daemon in one root nursery. With a ``window``, the caller's main thread handles signals."""
+    """The daemon in one root nursery. With a ``window``, the caller's main thread handles signals.
+
+    Every part is built first, then the hub with all of them, then the tasks start in data-path order.
+    """
     events = EventBus()
     registry = metrics.make_registry()
     latency = LatencyMeter(events, registry)
@@ -86,12 +90,16 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     brain = make_brain(config, renderer, events, latency)
     brain_send, brain_receive = trio.open_memory_channel(BRAIN_INPUT_QUEUE)
     frames_send, frames_receive = trio.open_memory_channel(RENDER_QUEUE)
-    hub = Hub(config=config, renderer=renderer, brain=brain, events=events, latency=latency, brain_inputs=brain_send)
-    brain.on_barge_in = lambda: hub.interrupt(brain.name)
-    brain.on_gesture = lambda name: hub.gesture(name, brain.name)
     fanout = FanOut(lambda: renderer.generation)
-    hub.fanout = fanout
-    hub.registry = registry
+    local = make_local_parts(config, setup, renderer, window)
+    server = None
+    if config.server:
+        from .server.websocket import WsServer
+        server = WsServer(config, fanout, registry)
+    front_ends = (server,) if server is not None else ()
+    hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, brain_inputs=brain_send,
+              sinks=front_ends + local.sinks, front_ends=front_ends, local_parts=local.all,
+              audio_file=local.audio_file)
     metrics.bind(registry, hub.status)
 
     async with trio.open_nursery() as nursery:
@@ -100,16 +108,15 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
             nursery.start_soon(_stop_on_signals, stop)
         else:
             window.connect(hub, stop)
-        await nursery.start(brain.run, brain_receive)
+        await nursery.start(brain.run, brain_receive, hub)
         nursery.start_soon(fanout.run, frames_receive)
         await nursery.start(renderer.run, frames_send)
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub)
-        if config.server:
-            from .ws_server import serve_ws
-            await nursery.start(serve_ws, config, hub, fanout)
-        await start_local_io(nursery, config, hub, fanout, window, setup)
+        if server is not None:
+            await nursery.start(server.serve, hub)
+        await start_local_parts(nursery, local, hub, fanout)
         nursery.start_soon(sd_notify.watchdog, lambda: renderer.frames_rendered > 0)
         sd_notify.notify("READY=1")
         events.publish("status", status="listening")

@@ -12,7 +12,17 @@ import sys
 import click
 import dotenv
 
-from .config import BARGE_IN, BRAINS, DEFAULT_GEMINI_MODEL, DEFAULT_INSTRUCTIONS, LOG_FORMATS, LOG_LEVELS, RENDERERS, Config, parse_size
+from .config import (
+    BARGE_IN,
+    BRAINS,
+    DEFAULT_GEMINI_MODEL,
+    DEFAULT_INSTRUCTIONS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    RENDERERS,
+    Config,
+    parse_size,
+)
 from .errors import AvatardError, ConfigError
 from .paths import default_control_socket
 
@@ -91,7 +101,7 @@ def _apply_env_file(ctx: click.Context, params: dict, path: str | None) -> None:
 def _list_devices(ctx: click.Context, param, value: bool) -> None:
     if not value:
         return
-    from .devices import describe
+    from .local.devices import describe
     click.echo(describe())
     ctx.exit(0)
 

@@ -11,6 +11,7 @@ import os
 
 import attrs
 
+from .constants import RATE
 from .errors import ConfigError
 
 # Prebuilt voices of the Live API (the 30 HD voices of the native-audio models; the seed's five are among them).
@@ -30,8 +31,7 @@ LOG_FORMATS = ("text", "json")
 BARGE_IN = ("auto", "on", "off")
 # Frame sizes beyond this are not an avatar on an edge box; the limit keeps a typo from allocating gigabytes.
 MAX_FRAME_SIDE = 4096
-# 16 kHz audio must split into whole samples per frame: fps must divide 16000.
-AUDIO_RATE = 16000
+# 16 kHz audio must split into whole samples per frame: fps must divide RATE.
 MAX_FPS = 60
 
 
@@ -57,8 +57,8 @@ def _in_range(flag: str, low: int, high: int):
 
 
 def _fps_divides_rate(instance, attribute, value):
-    if not 1 <= value <= MAX_FPS or AUDIO_RATE % value:
-        raise ConfigError(f"--fps: {value} must be between 1 and {MAX_FPS} and divide {AUDIO_RATE} (e.g. 25, 20, 32)")
+    if not 1 <= value <= MAX_FPS or RATE % value:
+        raise ConfigError(f"--fps: {value} must be between 1 and {MAX_FPS} and divide {RATE} (e.g. 25, 20, 32)")
 
 
 def _record_path(instance, attribute, value):
@@ -156,7 +156,7 @@ class Config:
 
     @property
     def samples_per_frame(self) -> int:
-        return AUDIO_RATE // self.fps
+        return RATE // self.fps
 
     # Local mode (no --server) has a window, a speaker and a microphone (the audio file replaces the
     # microphone); server mode has none of them, but --local-display adds the window.

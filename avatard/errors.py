@@ -1,4 +1,7 @@
-"""The exception family, one class per boundary (see STYLE.md habit 6)."""
+"""The exception family, one class per boundary (see STYLE.md habit 6). Every exception avatard raises
+on purpose is defined here, so importing one never pulls in the part that raises it."""
+
+from __future__ import annotations
 
 
 class AvatardError(Exception):
@@ -18,9 +21,29 @@ class ProtocolError(AvatardError):
         self.message = message
 
 
+class Refused(AvatardError):
+    """The daemon declines a request; the message is shown to whoever asked."""
+
+
+class UnknownGesture(Refused, ValueError):
+    """A gesture name the avatar cannot perform; the message lists the ones it can."""
+
+    def __init__(self, name: str, known, why: str = "unknown gesture") -> None:
+        super().__init__(f"{why} {name!r}; known: {', '.join(sorted(known))}")
+        self.name = name
+
+
 class RendererError(AvatardError):
-    """The renderer cannot start or stopped working."""
+    """The renderer cannot start or stopped working, for a reason the operator must fix."""
 
 
-class BrainError(AvatardError):
-    """The brain cannot start or lost its backend for good."""
+class RendererFailed(RendererError):
+    """The renderer stopped working, or could not start for a reason a fallback can paper over."""
+
+
+class TtsError(AvatardError):
+    """Speech could not be synthesized: espeak-ng missing, unknown voice, bad rate."""
+
+
+class AsyncioCancelledError(AvatardError):
+    """An asyncio task was cancelled from the asyncio side, not by trio (usually: the loop is shutting down)."""

@@ -15,12 +15,11 @@ import sys
 import time
 import urllib.request
 
+import _common as c
 import attrs
 import trio
 import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
-
-import _common as c
 
 sys.path.insert(0, str(c.REPO / "tests"))
 from gemini_live_server import GeminiLiveTestServer  # noqa: E402  (needs the path above)

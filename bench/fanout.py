@@ -30,12 +30,12 @@ import json
 import socket as stdlib_socket
 import time
 
+import _common as c
 import attrs
 import trio
 import trio_websocket
 
-import _common as c
-from avatard import ws_protocol as wire
+from avatard.protocol import media as wire
 
 DELIVERED_GOAL_PERCENT = 99.0
 CPU_GOAL_PERCENT = 100.0  # less than one core

@@ -27,9 +27,8 @@ import _common as c
 
 sys.path.insert(0, str(c.REPO / "tests"))
 
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
-
 import fuzzing  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 DAEMON_ARGS = ("--server", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning")
 MAX_MISSING_RUN = 2  # frames: what tests/test_fuzz.py allows the watcher

@@ -40,13 +40,13 @@ import random
 import sys
 import time
 
+import _common as c
+import _gemini as g
 import attrs
 import trio
 import trio_websocket
 
-import _common as c
-import _gemini as g
-from avatard import ws_protocol as wire
+from avatard.protocol import media as wire
 
 GOAL_MS = 40.0  # one frame at 25 fps
 TURN_TIMEOUT = 20.0  # first speech after text_input; espeak + a cold start on a loaded box take ~2 s

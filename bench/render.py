@@ -24,9 +24,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 import _common as c
+import numpy as np
 
 CPU_GOAL_PERCENT = 15.0
 STARTUP_GOAL_S = 1.5
@@ -59,8 +58,10 @@ LONG_TEXT = (
 # -- (a) in-process: what one frame costs ------------------------------------------------------------
 
 def frame_costs(frames: int, width: int, height: int, fps: int) -> list[list[str]]:
-    from avatard import face, tts
-    from avatard.animator import GESTURES, Animator
+    from avatard.brains import tts
+    from avatard.constants import GESTURES
+    from avatard.renderers import face
+    from avatard.renderers.animator import Animator
 
     per_frame = 16000 // fps
     speech = tts.synthesize(LONG_TEXT[:600])

@@ -35,16 +35,15 @@ import collections
 import json
 import random
 import re
-import sys
 import time
 
+import _common as c
+import _gemini as g
 import attrs
 import trio
 import trio_websocket
 
-import _common as c
-import _gemini as g
-from avatard import ws_protocol as wire
+from avatard.protocol import media as wire
 
 FPS = 25
 SETTLE_S = 1.5  # after every client connected: handshakes done, media flowing

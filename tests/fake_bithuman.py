@@ -21,10 +21,9 @@ import sys
 import types
 from typing import Any, AsyncIterator, Optional, Tuple
 
+import bithuman
 import numpy as np
 import soxr
-
-import bithuman
 from bithuman import AudioChunk, VideoControl, VideoFrame
 
 _DEFAULT_AUTH_URL = "https://api.bithuman.ai/v1/runtime-tokens/request"

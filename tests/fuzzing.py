@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-# -- the protocol facts the judges rely on (docs/protocol.md, avatard.control_protocol) -------------------------
+# -- the protocol facts the judges rely on (docs/protocol.md, avatard.protocol.control) -------------------------
 
 FPS = 25
 PERIOD = 1.0 / FPS

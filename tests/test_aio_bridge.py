@@ -1,4 +1,4 @@
-"""avatard.aio_bridge: asyncio SDKs from trio.
+"""avatard.core.aio_bridge: asyncio SDKs from trio.
 
 First the bridge alone (results, errors, cancellation both ways, backpressure, shutdown), then the real google-genai
 Live client through the bridge against tests/gemini_live_server.py.
@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 import trio
+from gemini_live_server import CHUNK_MS, OUTPUT_RATE, GeminiLiveTestServer
 from google import genai
 from google.genai import errors, types
 
-from avatard.aio_bridge import AsyncioCancelledError, open_asyncio_loop
-from gemini_live_server import CHUNK_MS, OUTPUT_RATE, GeminiLiveTestServer
+from avatard.core.aio_bridge import AsyncioCancelledError, open_asyncio_loop
 
 pytestmark = pytest.mark.trio
 

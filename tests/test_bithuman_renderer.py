@@ -25,22 +25,28 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import bithuman
+import fake_bithuman
 import numpy as np
 import prometheus_client
 import pytest
 import trio
-
-import fake_bithuman
 from conftest import READY_TIMEOUT, Daemon, start_daemon
-from avatard import bithuman_renderer as bh
-from avatard.animator import UnknownGesture
-from avatard.bithuman_renderer import BithumanRenderer, check_model_file, classify, make_bithuman_renderer, startup_error
+
 from avatard.config import Config
-from avatard.errors import ConfigError, RendererError
-from avatard.events import EventBus
-from avatard.fallback_renderer import FALLBACK_NAME, FallbackRenderer, RendererFailed
-from avatard.hub import Hub, Refused
-from avatard.latency import LatencyMeter
+from avatard.core.events import EventBus
+from avatard.core.fanout import FanOut
+from avatard.core.hub import Hub
+from avatard.core.latency import LatencyMeter
+from avatard.errors import ConfigError, Refused, RendererError, RendererFailed, UnknownGesture
+from avatard.renderers import bithuman as bh
+from avatard.renderers.bithuman import (
+    BithumanRenderer,
+    check_model_file,
+    classify,
+    make_bithuman_renderer,
+    startup_error,
+)
+from avatard.renderers.fallback import FALLBACK_NAME, FallbackRenderer
 
 TESTS = Path(__file__).parent
 SECRET = "bh-secret-5e3a9c"
@@ -68,7 +74,7 @@ def adapter(model: str, sdk, **kwargs) -> tuple[BithumanRenderer, EventBus]:
 
 def supervised(model: str, sdk, **kwargs) -> tuple[FallbackRenderer, EventBus]:
     """The app's arrangement (make_bithuman_renderer), with test-sized retry delays and timeouts."""
-    from avatard.builtin_renderer import BuiltinRenderer
+    from avatard.renderers.builtin import BuiltinRenderer
     events, latency = meters()
     primary = BithumanRenderer(model_path=model, api_secret=SECRET, events=events, latency=latency, sdk=sdk, **kwargs)
 
@@ -382,13 +388,13 @@ async def test_gesture_is_a_video_control_action(model):
 
 
 async def test_agent_gestures_from_dynamics_are_the_only_ones_accepted(model, monkeypatch):
-    import avatard.dynamics
+    import avatard.renderers.dynamics
 
     async def fake_fetch(agent_id, api_secret):
         assert (agent_id, api_secret) == ("agent7", SECRET)
         return ["bow", "wave"]
 
-    monkeypatch.setattr(avatard.dynamics, "fetch_gestures", fake_fetch)
+    monkeypatch.setattr(avatard.renderers.dynamics, "fetch_gestures", fake_fetch)
     sdk = fake_bithuman.make_sdk(fps=25)
     renderer, _ = adapter(model, sdk, agent_code="agent7")
     async with running(renderer):
@@ -466,10 +472,10 @@ async def test_a_stalled_sdk_falls_back_instead_of_freezing(model):
 
 
 def make_hub(renderer, events) -> Hub:
-    brain = types.SimpleNamespace(name="local", state="ready", turns=0, interrupt=lambda: None)
-    config = types.SimpleNamespace(host="127.0.0.1")
+    brain = types.SimpleNamespace(interrupt=lambda: None, status=lambda: {"brain": "local", "brain_state": "ready"})
     send, _receive = trio.open_memory_channel(1)
-    return Hub(config=config, renderer=renderer, brain=brain, events=events, latency=meters()[1], brain_inputs=send)
+    return Hub(renderer=renderer, brain=brain, events=events, latency=meters()[1], fanout=FanOut(lambda: 0),
+               brain_inputs=send)
 
 
 def test_make_bithuman_renderer_checks_the_model_first(tmp):

@@ -26,7 +26,7 @@ import pytest
 import soundfile as sf
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from avatard import tts
+from avatard.brains import tts
 
 CHROMIUM = "/usr/bin/chromium"
 SERVER = ("--server", "--host", "127.0.0.1", "--port", "0")

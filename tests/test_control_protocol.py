@@ -1,7 +1,7 @@
 import pytest
 
-from avatard import control_protocol as proto
 from avatard.errors import ProtocolError
+from avatard.protocol import control as proto
 
 
 def test_parse_valid_requests():

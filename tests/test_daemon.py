@@ -1,9 +1,7 @@
 """The spine end to end: the real avatard subprocess, driven by the real avatarctl."""
 
-import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +9,6 @@ import time
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ControlClient
 
 

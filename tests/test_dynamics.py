@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trio
 
-from avatard.dynamics import fetch_gestures
+from avatard.renderers.dynamics import fetch_gestures
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The built-in avatar: face drawing (avatard.face) and frame-by-frame animation (avatard.animator)."""
+"""The built-in avatar: face drawing (avatard.renderers.face) and frame-by-frame animation (avatard.renderers.animator)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from avatard import face
-from avatard.animator import GESTURES, Animator, UnknownGesture
-from avatard.face import Pose
+from avatard.constants import GESTURES
+from avatard.errors import UnknownGesture
+from avatard.renderers import face
+from avatard.renderers.animator import Animator
+from avatard.renderers.face import Pose
 
 FPS = 25
 SAMPLES = 16000 // FPS
@@ -137,7 +139,7 @@ def test_head_motion_moves_the_head(idle: np.ndarray) -> None:
 
 
 def test_gesture_table_matches_the_drawings() -> None:
-    assert GESTURES.keys() == face.GESTURE_NAMES
+    assert GESTURES.keys() == face.GESTURE_NAMES == face._CHOREOGRAPHY.keys()
     assert all(1.2 <= seconds <= 2.5 for seconds in GESTURES.values())
 
 

@@ -33,7 +33,6 @@ import time
 import numpy as np
 import pytest
 import trio
-
 from fuzzing import EVENT_KINDS, FrameWatcher
 from gemini_live_server import GeminiLiveTestServer
 from wsclient import Client, open_client

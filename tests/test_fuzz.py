@@ -20,11 +20,17 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-
 from conftest import start_daemon
-from fuzzing import (ControlFuzzer, Example, FrameWatcher, WsFuzzer, control_examples, ws_binary_examples,
-                     ws_text_examples)
+from fuzzing import (
+    ControlFuzzer,
+    Example,
+    FrameWatcher,
+    WsFuzzer,
+    control_examples,
+    ws_binary_examples,
+    ws_text_examples,
+)
+from hypothesis import HealthCheck, given, settings
 
 FUZZ_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck),
                          print_blob=True)

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 import trio
-
-from avatard import tts
 from gemini_live_server import GeminiLiveTestServer
 from wsclient import Client, open_client, samples
+
+from avatard.brains import tts
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from avatard.brains.keyword_gestures import KeywordGestures, load_keywords
 from avatard.errors import ConfigError
-from avatard.keyword_gestures import KeywordGestures, load_keywords
 
 
 class Clock:

@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import soundfile
 import trio
-
-from avatard import audio_file, face, recorder, tts, window
-from avatard.errors import ConfigError
-from avatard.microphone import HANDOFF_BLOCKS, Microphone
-from avatard.speaker import SampleRing
 from localenv import Pulse, Xvfb, developed, loud, speech_seconds
+
+from avatard.brains import tts
+from avatard.errors import ConfigError
+from avatard.local import audio_file, recorder, window
+from avatard.local.microphone import HANDOFF_BLOCKS, Microphone
+from avatard.local.speaker import SampleRing
+from avatard.renderers import face
 
 SENTENCE = "Hello there, this is a test of the local mode, with a recorded voice."
 LONG_SENTENCE = ("This is a long sentence that keeps going and going, so that there is plenty of time "
@@ -170,10 +172,10 @@ async def test_audio_file_streams_in_real_time_and_replays(autojump_clock):
 
     hub = Hub()
     samples = np.arange(16000, dtype=np.int16)  # one second
-    source = audio_file.AudioFileSource(hub, samples, "x.wav")
+    source = audio_file.AudioFileSource(samples, "x.wav")
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
-        await nursery.start(source.run)
+        await nursery.start(source.run, hub)
         await trio.sleep(0.5)
         assert source.replay() is True
         assert source.replay() is False, "one pending replay covers further requests"
@@ -244,11 +246,8 @@ async def test_microphone_handoff_never_blocks_and_drops_the_oldest():
     class Status:
         input_overflow = False
 
-    class Renderer:
-        speaking = False
-
     class Hub:
-        renderer = Renderer()
+        speaking = False
 
         def __init__(self):
             self.received = []
@@ -259,7 +258,8 @@ async def test_microphone_handoff_never_blocks_and_drops_the_oldest():
             self.received.append(samples)
 
     hub = Hub()
-    mic = Microphone(Choice(), hub, barge_in=True)
+    mic = Microphone(Choice(), barge_in=True)
+    mic._hub = hub
     mic._token = trio.lowlevel.current_trio_token()
     blocks = 2 * HANDOFF_BLOCKS + 10
 

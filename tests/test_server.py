@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import trio
 import trio_websocket
-
-from avatard import tts
 from wsclient import Client, open_client, samples
+
+from avatard.brains import tts
 
 SERVER = ("--server", "--host", "127.0.0.1", "--port", "0")
 

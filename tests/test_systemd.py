@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 UNIT = Path(__file__).parent.parent / "systemd" / "avatard.service"
 
 

@@ -4,13 +4,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from avatard import tts
+from avatard.brains import tts
+from avatard.constants import RATE
 
 SILENCE_RMS = 100  # int16 RMS below this is inaudible; espeak speech sits in the thousands
 
 
 def _seconds(audio: np.ndarray) -> float:
-    return audio.size / tts.SAMPLE_RATE
+    return audio.size / RATE
 
 
 def _rms(audio: np.ndarray) -> float:

@@ -5,10 +5,11 @@ import json
 import struct
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from avatard import ws_protocol as wire
 from avatard.errors import ProtocolError
+from avatard.protocol import media as wire
 
 
 def test_video_header_golden_bytes():

@@ -8,7 +8,7 @@ import numpy as np
 import trio
 import trio_websocket
 
-from avatard import ws_protocol as wire
+from avatard.protocol import media as wire
 
 
 class Client:

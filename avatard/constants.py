@@ -1,0 +1,31 @@
+"""The names and numbers every part of avatard agrees on, defined once.
+
+Pure data: no I/O, no avatard import, so the wire protocols, the daemon and ``avatarctl`` share it.
+"""
+
+from __future__ import annotations
+
+# The daemon's internal audio: 16 kHz mono int16. What the renderer consumes (exactly RATE/fps samples
+# per frame, so fps must divide it), what Gemini Live takes as input, what the seed protocol sends.
+RATE = 16000
+
+# A turn longer than this is a paste accident, not speech (and TTS time grows with it).
+MAX_TEXT_CHARS = 2000
+
+# Event kinds on the event bus (avatard.core.events), in the control protocol and in `avatarctl subscribe`.
+EVENT_KINDS = ("status", "transcription", "gesture", "client", "latency", "error", "frame")
+# Per-frame events come 25 a second; only subscribers that name them get them.
+FRAME_KIND = "frame"
+# What browsers receive over the WebSocket (the seed protocol's JSON messages).
+BROWSER_EVENT_KINDS = frozenset({"status", "transcription", "gesture", "latency", "error"})
+
+# The built-in avatar's gestures (also the names bitHuman's models commonly use) -> duration in seconds.
+# Long enough to read (a wave needs ~3 rocks, a nod two dips), short enough not to hijack a conversation
+# turn. Multiples of 40 ms, so they are whole frames at 25 fps.
+GESTURES: dict[str, float] = {
+    "heart_gesture": 2.4,
+    "laugh_react": 1.6,
+    "mini_wave_hello": 2.0,
+    "nod_agree": 1.6,
+    "thumbs_up": 1.6,
+}

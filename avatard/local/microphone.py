@@ -1,0 +1,140 @@
+"""Local mode's microphone: a PortAudio input stream feeding ``hub.user_audio(..., "microphone")``.
+
+PortAudio calls us on its own thread every 20 ms. That thread must never wait, so the callback appends
+the block to a bounded deque and, if no wake-up is pending yet, asks trio (``run_sync_soon``) to wake
+the forwarding task. When trio falls :data:`HANDOFF_BLOCKS` behind, the oldest block is dropped (and
+counted): for live speech the newest audio is the one worth keeping. The forwarding task converts to
+16 kHz mono if the device could not do that itself, and hands the audio to the brain, waiting when the
+brain's queue is full (that wait is what lets the deque fill up).
+
+Barge-in (``--barge-in``): with ``on`` the user can talk over the avatar, and the brain hears it (Gemini
+then interrupts itself). With ``off`` the microphone is gated while the avatar speaks and for
+:data:`ECHO_TAIL_SECONDS` after: blocks are discarded (counted), so the avatar's own voice coming out of
+open speakers is not taken for the user. ``auto`` is ``off`` when this daemon drives a speaker (local
+mode) and ``on`` otherwise; use ``on`` with headphones or a speakerphone that cancels echo.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+import numpy as np
+import trio
+
+from ..constants import RATE
+from ..core.audio import StreamResampler, downmix
+from ..errors import ConfigError
+from . import devices
+
+logger = logging.getLogger("avatard.microphone")
+
+BLOCK_SECONDS = 0.02  # PortAudio block: the local brain's detector and Gemini both work in 20 ms steps
+# 1 s of blocks waiting for trio. A longer stall means the audio is stale anyway; drop the oldest.
+HANDOFF_BLOCKS = 50
+# The speaker plays the last frames a little after the renderer stops speaking (ring + device buffer),
+# and a room reverberates; keep the gate shut this long after so that tail is not heard as the user.
+ECHO_TAIL_SECONDS = 0.3
+
+
+class Microphone:
+    name = "microphone"
+
+    def __init__(self, choice: devices.Choice, *, barge_in: bool) -> None:
+        self.choice = choice
+        self._hub = None  # the hub, given to run()
+        self.barge_in = barge_in
+        self._blocks: collections.deque[np.ndarray] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self._ready = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._resampler = StreamResampler(choice.rate, RATE)
+        self._quiet_until = 0.0
+        self.blocks_captured = 0
+        self.blocks_dropped = 0  # trio fell HANDOFF_BLOCKS behind: the oldest went
+        self.blocks_gated = 0  # discarded while the avatar spoke (barge-in off)
+        self.device_overflows = 0  # PortAudio's own report: we were late reading the card
+
+    async def run(self, hub, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Capture and forward to ``hub.user_audio`` until cancelled; ``started()`` once the stream runs."""
+        self._hub = hub
+        self._token = trio.lowlevel.current_trio_token()
+        stream = await trio.to_thread.run_sync(self._open)
+        try:
+            logger.info("microphone: %s (%d Hz, %d ch), barge-in %s", self.choice.name, self.choice.rate,
+                        self.choice.channels, "on" if self.barge_in else "off")
+            task_status.started()
+            await self._forward()
+        finally:
+            stream.abort(ignore_errors=True)
+            stream.close(ignore_errors=True)
+            logger.info("microphone closed: %s", self.status())
+
+    def _open(self):
+        sd = devices.sounddevice()
+        try:
+            stream = sd.InputStream(device=self.choice.index, samplerate=self.choice.rate, channels=self.choice.channels,
+                                    dtype="int16", blocksize=int(BLOCK_SECONDS * self.choice.rate),
+                                    callback=self._callback)
+            stream.start()
+        except sd.PortAudioError as exc:
+            raise ConfigError(f"--input-device: cannot open {self.choice.name!r}: {exc}; {devices.LIST_HINT}") from None
+        return stream
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info, status) -> None:
+        # PortAudio's thread: copy, append, maybe schedule one wake-up; never wait on trio.
+        if status.input_overflow:
+            self.device_overflows += 1
+        block = indata.copy()
+        with self._lock:
+            self.blocks_captured += 1
+            if len(self._blocks) >= HANDOFF_BLOCKS:
+                self._blocks.popleft()
+                self.blocks_dropped += 1
+            self._blocks.append(block)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._token.run_sync_soon(self._wake)
+        except trio.RunFinishedError:
+            pass  # shutting down; the stream is about to be closed
+
+    def _wake(self) -> None:
+        # Runs in the trio thread. Clearing the flag before waking means a block appended after this
+        # point schedules a new wake-up, and one appended before it is seen by the task's next drain.
+        with self._lock:
+            self._wake_pending = False
+        self._ready.set()
+
+    async def _forward(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready = trio.Event()
+            with self._lock:
+                blocks = list(self._blocks)
+                self._blocks.clear()
+            if not blocks:
+                continue
+            if self._gated():
+                self.blocks_gated += len(blocks)
+                continue
+            samples = self._resampler.process(downmix(np.concatenate(blocks)))
+            if len(samples):
+                await self._hub.user_audio(samples, "microphone")
+
+    def _gated(self) -> bool:
+        if self.barge_in:
+            return False
+        now = trio.current_time()
+        if self._hub.speaking:
+            self._quiet_until = now + ECHO_TAIL_SECONDS
+            return True
+        return now < self._quiet_until
+
+    def status(self) -> dict:
+        return {"device": self.choice.name, "rate": self.choice.rate, "barge_in": self.barge_in,
+                "blocks_captured": self.blocks_captured, "blocks_dropped": self.blocks_dropped,
+                "blocks_gated": self.blocks_gated, "device_overflows": self.device_overflows}

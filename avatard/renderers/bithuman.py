@@ -1,0 +1,549 @@
+"""The bitHuman renderer: a thin adapter from avatard's renderer interface to ``bithuman.AsyncBithuman``.
+
+Matched against **bithuman 2.12.9** (PyPI), its 2.x surface ``bithuman.AsyncBithuman`` (the class is
+``bithuman._avatar.AsyncAvatar``, compiled; read with ``help()`` and by experiment)::
+
+    runtime = await AsyncBithuman.create(model_path=..., api_secret=..., agent_code=None)
+        # authenticates over the network FIRST, then loads the .imx; ~20 more keyword-only options
+    await runtime.start()                       # a no-op kept for parity; the producer starts on run()
+    runtime.fps                                 # int, the model's own rate (25; expression-2 models: 20)
+    runtime.frame_width, runtime.frame_height   # Optional[int]; None until the engine made a frame
+    await runtime.push_audio(data: bytes, sample_rate: int, last_chunk: bool = True)  # int16 LE PCM
+    await runtime.flush()                       # end of speech (an empty control)
+    runtime.interrupt()                         # sync: drop the utterance in flight, keep running
+    await runtime.push(VideoControl(action="mini_wave_hello"))   # a gesture ("action"), str or list
+    runtime.run()                               # -> AsyncIterator[VideoFrame], endless (idle loop too)
+    await runtime.shutdown()                    # full teardown (stop() only stops the producer)
+
+    VideoFrame(bgr_image: (H, W, 3) uint8 | None, audio_chunk: AudioChunk | None, frame_index,
+               source_message_id, end_of_speech: bool)        # has_image, rgb_image
+    AudioChunk(data: int16 ndarray, sample_rate: int, last_chunk: bool)  # .array, .bytes, .duration
+
+Not in 2.12.9 although older docs show them: ``get_frame_size()``, ``get_expected_fps()``,
+``load_data_async()``. Errors: ``BithumanError`` > ``ModelError`` (``ModelNotFoundError``,
+``ModelLoadError``, ``ModelSecurityError``), ``TokenError`` (``TokenRequestError``: the auth server could
+not be asked; ``AccountStatusError``, ``TokenExpiredError``, ``TokenValidationError``: refused),
+``RuntimeNotReadyError``; and the 3.x family ``AvatarError`` > ``InvalidAvatar``, ``NotSupported``,
+``NotAuthorised``, ``Failed``. Found by experiment: ``create()`` authenticates *before* it reads the
+model, and network failures come out of libessence as a plain ``RuntimeError("auth_authenticate:
+curl_easy_perform: Couldn't resolve host name")``. So a garbage file would surface as a network or
+secret error; :func:`check_model_file` rejects it first, offline (the tests check that the SDK's own
+``bithuman.open()`` rejects every file it rejects).
+
+How it fits avatard:
+
+* The SDK is asyncio-only; it runs on a private loop from :mod:`avatard.aio_bridge`, owned by
+  :meth:`BithumanRenderer.run`. Calls that must keep their order with the frame stream (``interrupt``,
+  ``flush``, gestures) are scheduled onto that loop FIFO and return at once, as the interface wants.
+* The SDK's ``run()`` paces frames itself (its docs speak of a "paced producer"; that cannot be verified
+  here without a paid model), but the adapter holds each frame until its slot on our own clock
+  (``start + index / fps``) anyway: harmless if the SDK paces, necessary if it does not. An unpaced SDK is
+  then held back by the bridge's credits (:data:`STREAM_BUFFER`) and its own output queue.
+* Frame size and fps are the model's: fps from ``runtime.fps`` (it must divide 16000), size from the
+  first frame. They are known once ``run()`` has started.
+* Each emitted Frame carries exactly ``16000 / fps`` samples: the SDK's audio chunks are resampled to
+  16 kHz if needed and re-packetized through a small FIFO, so an odd-sized chunk never breaks sync.
+* Interrupts: our generation moves at once; frames the SDK produced before it saw the interrupt are
+  tagged with the old generation on the asyncio side and shown silent, and a push that had not reached
+  the SDK yet is discarded there (``push_audio`` returns False).
+* Backpressure: ``push_audio`` waits while more than :data:`MAX_AHEAD_SECONDS` of audio is ahead of what
+  the frames have played (the SDK's own input queue is unbounded).
+* Gestures: the SDK does not list a model's actions. With ``--agent-id``, the names come from bitHuman's
+  Dynamics API (:mod:`avatard.dynamics`) and only those are accepted; otherwise the list shows the common
+  bitHuman action names the built-in avatar also draws, and any action-shaped name
+  (:data:`ACTION_NAME`) is passed through, since each model brings its own actions.
+* Failures: :func:`startup_error` turns an SDK error at start-up into ConfigError (the model: exit 2),
+  RendererError (a refused secret: exit 1) or :class:`RendererFailed` (unreachable after retries, or
+  anything else: the built-in renderer takes over, see :mod:`avatard.fallback_renderer`). Mid-session,
+  every failure -- the stream raising or ending, no frame for :data:`STALL_TIMEOUT` -- is RendererFailed.
+  Messages are one line and never contain the secret; tracebacks go to the DEBUG log only.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import re
+
+import cv2
+import numpy as np
+import trio
+
+from ..constants import GESTURES, RATE
+from ..core.aio_bridge import open_asyncio_loop
+from ..core.audio import StreamResampler
+from ..core.events import EventBus
+from ..core.frame_clock import FrameClock
+from ..core.latency import LatencyMeter
+from ..core.messages import Frame
+from ..errors import AsyncioCancelledError, ConfigError, RendererError, RendererFailed, UnknownGesture
+from .animator import mouth_target
+from .fallback import FallbackRenderer
+from .report import renderer_status
+from .speaking import SpeakingTracker, publish_frame
+from .speech_buffer import MAX_AHEAD_SECONDS
+
+logger = logging.getLogger("avatard.bithuman")
+
+# An .imx is either an "IMX\0" container or (older models) a POSIX tar archive; the SDK's loader
+# (be_fixture_load) accepts exactly these two.
+IMX_MAGIC = b"IMX\x00"
+TAR_MAGIC_OFFSET, TAR_MAGIC = 257, b"ustar"
+# Authenticate and load a model of a few hundred MB on a slow edge CPU; past this the start has failed.
+CREATE_TIMEOUT = 120.0
+# The engine warms up on its first frame; a minute-long silence there is a broken install, not a slow one.
+FIRST_FRAME_TIMEOUT = 30.0
+# The SDK emits frames while idle too, so a gap this long (125 frames at 25 fps) means a stuck engine:
+# fall back rather than freeze the picture.
+STALL_TIMEOUT = 5.0
+# Waits before the 2nd and 3rd attempt when the licence server cannot be reached at start-up (a box that
+# boots before its network is up); then the built-in renderer takes over.
+STARTUP_RETRY_DELAYS = (1.0, 3.0)
+# SDK frames pulled ahead of our clock. Small on purpose: after an interrupt, frames already pulled are
+# shown silent, so this bounds the stale mouth movement (3 frames = 120 ms at 25 fps).
+STREAM_BUFFER = 3
+# Audio the SDK delivered ahead of the frames that carry it, in frames; beyond this it is dropped (counted
+# in audio_dropped) to keep lip sync -- the picture is the clock.
+MAX_FIFO_FRAMES = 3
+# Shutting the SDK down (producer, runtime, heartbeat) when the daemon stops: well inside its 2 s promise.
+CLOSE_TIMEOUT = 1.0
+# What a gesture ("action") name may look like when the model's list is unknown.
+ACTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_REASON_CHARS = 300
+
+# What an SDK exception class means for us. classify() walks the exception's MRO, so the most specific
+# class listed decides. By name rather than isinstance, so it also reads a stand-in's or a moved class.
+_KIND_BY_CLASS = {
+    "TokenRequestError": "unreachable",  # the auth server could not be asked (the SDK says: retryable)
+    "AccountStatusError": "refused", "TokenExpiredError": "refused", "TokenValidationError": "refused",
+    "TokenError": "refused", "NotAuthorised": "refused",
+    "ModelNotFoundError": "model", "ModelLoadError": "model", "ModelSecurityError": "model",
+    "ModelError": "model", "InvalidAvatar": "model", "NotSupported": "model",
+    "Failed": "unreachable",  # "transient, or our fault. Retry" (its _Unreachable subclass is the network)
+    "ConnectionError": "unreachable", "TimeoutError": "unreachable", "OSError": "unreachable",
+}
+# libessence reports auth problems as RuntimeError text: curl failures first ("Connection refused" is
+# the network, not a refusal), then the service's answers.
+_UNREACHABLE_TEXT = re.compile(r"curl|cannot reach|could not be reached|resolve host|connect to server|timed? ?out", re.I)
+_REFUSED_TEXT = re.compile(r"HTTP 40[123]\b|refused by the service|rejected|unauthori[sz]ed|no credits", re.I)
+
+
+
+def check_model_file(path: str) -> None:
+    """Raise ConfigError (naming ``--model``) unless ``path`` looks like a bitHuman .imx model.
+
+    Offline and cheap (512 bytes): the SDK itself would authenticate over the network before it looked.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise ConfigError(f"--model: cannot read {path}: {exc.strerror}") from None
+    if head.startswith(IMX_MAGIC) or head[TAR_MAGIC_OFFSET:TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
+        return
+    what = "the file is empty" if not head else "no IMX header and not a tar archive"
+    raise ConfigError(f"--model: {path} is not a bitHuman .imx model ({what})")
+
+
+def classify(exc: BaseException) -> str:
+    """``model``, ``refused``, ``unreachable`` or ``failed``: what an SDK error means for the operator."""
+    for cls in type(exc).__mro__:
+        kind = _KIND_BY_CLASS.get(cls.__name__)
+        if kind is not None:
+            return kind
+    text = str(exc)
+    if _UNREACHABLE_TEXT.search(text):
+        return "unreachable"
+    if _REFUSED_TEXT.search(text):
+        return "refused"
+    return "failed"
+
+
+def describe(exc: BaseException, secret: str | None = None) -> str:
+    """One line for a person: the SDK's own message (its classes prefix a ``[code]``), never the secret."""
+    text = " ".join(str(exc).split())
+    sdk_error = type(exc).__module__.startswith("bithuman") or isinstance(exc, RuntimeError)
+    if not text or not sdk_error:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if secret:
+        text = text.replace(secret, "***")
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + "..."
+
+
+def startup_error(exc: BaseException, *, model_path: str, secret: str | None) -> Exception:
+    """The avatard error for an SDK failure before the first frame (see the module docstring)."""
+    reason = describe(exc, secret)
+    kind = classify(exc)
+    if kind == "model":
+        return ConfigError(f"--model: bitHuman cannot use {model_path}: {reason}")
+    if kind == "refused":
+        return RendererError(f"bitHuman refused the API secret (--api-secret / BITHUMAN_API_SECRET): {reason}")
+    if kind == "unreachable":
+        return RendererFailed(f"cannot reach bitHuman to check the API secret: {reason}")
+    return RendererFailed(f"bitHuman failed to start: {reason}")
+
+
+def _import_sdk():
+    try:
+        import bithuman
+    except ImportError as exc:
+        raise RendererError(f"the bitHuman renderer needs the bithuman package (pip install bithuman): {exc}") from None
+    return bithuman
+
+
+def make_bithuman_renderer(config, events: EventBus, latency: LatencyMeter, *, sdk=None) -> FallbackRenderer:
+    """The renderer for ``--renderer bithuman``: the adapter, with the built-in renderer as its stand-by."""
+    from .builtin import BuiltinRenderer
+
+    check_model_file(config.model)
+    primary = BithumanRenderer(model_path=config.model, api_secret=config.api_secret, agent_code=config.agent_id,
+                               events=events, latency=latency, sdk=sdk)
+
+    def make_fallback(geometry):
+        width, height, fps = geometry or (config.width, config.height, config.fps)
+        return BuiltinRenderer(width=width, height=height, fps=fps, events=events, latency=latency)
+
+    return FallbackRenderer(primary, make_fallback, events)
+
+
+class BithumanRenderer:
+    """The renderer interface over ``AsyncBithuman``. ``sdk`` is the module to use (default: ``bithuman``);
+    it needs ``AsyncBithuman`` and ``VideoControl`` -- the seam the tests use for a stand-in."""
+
+    name = "bithuman"
+
+    def __init__(self, *, model_path: str, api_secret: str | None, events: EventBus, latency: LatencyMeter,
+                 agent_code: str | None = None, sdk=None, retry_delays=STARTUP_RETRY_DELAYS,
+                 stall_timeout: float = STALL_TIMEOUT, max_ahead_seconds: float = MAX_AHEAD_SECONDS) -> None:
+        self._model_path = model_path
+        self._api_secret = api_secret
+        self._agent_code = agent_code
+        self._sdk = sdk
+        self._events = events
+        self._latency = latency
+        self._retry_delays = tuple(retry_delays)
+        self._stall_timeout = stall_timeout
+        self._max_ahead = int(max_ahead_seconds * RATE)
+        # The model's, known once run() has started.
+        self.width: int | None = None
+        self.height: int | None = None
+        self.fps: int | None = None
+        self.samples_per_frame: int | None = None
+        self.started = False
+        self._speaking = SpeakingTracker(events, latency)
+        self.frames_rendered = 0
+        self.frames_dropped = 0  # the fan-out did not take a frame in time
+        self._ticks: FrameClock | None = None
+        self.audio_dropped = 0  # samples beyond MAX_FIFO_FRAMES, dropped to keep sync
+        self.last_frame: Frame | None = None
+        self._gestures = sorted(GESTURES)
+        self._gestures_from_agent = False
+        # trio side
+        self._aio = None
+        self._runtime = None
+        self._ready = trio.Event()  # set once the runtime exists, or run() has ended (then _dead)
+        self._dead = False
+        self._generation = 0
+        self._pushed = 0  # samples handed to the SDK ...
+        self._played = 0  # ... and samples that came back in frames; the difference is what is ahead
+        self._space = trio.Event()
+        self._flushed = True
+        self._fifo = np.zeros(0, dtype=np.int16)
+        self._resamplers: dict[int, StreamResampler] = {}
+        self._pending_gesture: str | None = None
+        # asyncio side (touched only in the asyncio thread once run() has started)
+        self._aio_generation = 0
+        self._aio_tasks: set = set()
+
+    # -- the renderer interface ---------------------------------------------------------------------
+
+    @property
+    def ticks_skipped(self) -> int:
+        return self._ticks.skipped if self._ticks else 0
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking.speaking
+
+    @property
+    def gestures(self) -> list[str]:
+        return list(self._gestures)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def status(self) -> dict:
+        return renderer_status(self, audio_dropped=self.audio_dropped)
+
+    async def push_audio(self, samples: np.ndarray) -> bool:
+        """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it."""
+        generation = self._generation
+        samples = np.asarray(samples, dtype=np.int16)
+        self._flushed = False
+        await self._ready.wait()
+        # A chunk larger than the whole budget still goes when nothing is ahead, or it could never go.
+        while (not self._dead and generation == self._generation and self._pushed > self._played
+               and self._pushed - self._played + len(samples) > self._max_ahead):
+            self._space = trio.Event() if self._space.is_set() else self._space
+            await self._space.wait()
+        if self._dead or generation != self._generation:
+            return False
+        self._pushed += len(samples)
+        try:
+            pushed = await self._aio.run(self._push_in_asyncio, generation, samples.astype("<i2").tobytes())
+        except (trio.ClosedResourceError, AsyncioCancelledError):
+            return False  # the renderer is going away
+        except Exception as exc:
+            logger.warning("bitHuman refused audio: %s", describe(exc, self._api_secret))
+            logger.debug("push_audio failed", exc_info=True)
+            return False
+        return pushed and generation == self._generation
+
+    def flush(self) -> None:
+        """End of the turn: the SDK closes the utterance; once it has played, the avatar listens again."""
+        self._flushed = True
+        self._call_in_asyncio(self._flush_in_asyncio, self._generation)
+
+    def interrupt(self) -> int:
+        """Stop speaking now: the next frame is silent. Returns the samples discarded (as far as known)."""
+        dropped = max(0, self._pushed - self._played) + len(self._fifo)
+        self._generation += 1
+        self._pushed = self._played
+        self._fifo = np.zeros(0, dtype=np.int16)
+        for resampler in self._resamplers.values():
+            resampler.reset()
+        self._flushed = True
+        self._space.set()
+        self._call_in_asyncio(self._interrupt_in_asyncio, self._generation)
+        return dropped
+
+    def gesture(self, name: str) -> None:
+        """Play a bitHuman action; raises ``UnknownGesture`` (a ValueError) listing the known ones."""
+        if self._gestures_from_agent and name not in self._gestures:
+            raise UnknownGesture(name, self._gestures)
+        if not ACTION_NAME.fullmatch(name):
+            raise UnknownGesture(name, self._gestures, why="invalid gesture name")
+        self._pending_gesture = name
+        self._call_in_asyncio(self._gesture_in_asyncio, name)
+
+    async def run(self, frames: trio.MemorySendChannel, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Start the SDK, then be the clock: the SDK's frames at fps, forever.
+
+        Raises ConfigError / RendererError for what the operator must fix, RendererFailed otherwise.
+        """
+        sdk = self._sdk if self._sdk is not None else _import_sdk()
+        try:
+            async with frames, open_asyncio_loop(shutdown_timeout=CLOSE_TIMEOUT) as aio:
+                if self._agent_code and self._api_secret:
+                    await self._fetch_gestures()
+                runtime = await self._create(aio, sdk)
+                try:
+                    await self._serve(aio, sdk, runtime, frames, task_status)
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                        try:
+                            await aio.run(runtime.shutdown)
+                        except Exception:
+                            logger.debug("bitHuman shutdown failed", exc_info=True)
+        except (ConfigError, RendererError):  # the verdicts made above (RendererFailed is a RendererError)
+            raise
+        except Exception as exc:  # anything else (an SDK property, a bug here): fall back, one line, no traceback
+            logger.debug("bitHuman renderer failed", exc_info=True)
+            raise RendererFailed(f"bitHuman renderer failed: {describe(exc, self._api_secret)}") from None
+        finally:
+            self._dead = True
+            self._ready.set()
+            self._space.set()
+
+    # -- start-up -------------------------------------------------------------------------------------
+
+    async def _fetch_gestures(self) -> None:
+        from .dynamics import fetch_gestures
+        names = await fetch_gestures(self._agent_code, self._api_secret)
+        if names:
+            self._gestures = names
+            self._gestures_from_agent = True
+
+    async def _create(self, aio, sdk):
+        options = dict(model_path=self._model_path, api_secret=self._api_secret)
+        if self._agent_code:
+            options["agent_code"] = self._agent_code
+        delays = list(self._retry_delays)
+        while True:
+            try:
+                with trio.fail_after(CREATE_TIMEOUT):
+                    runtime = await aio.run(functools.partial(sdk.AsyncBithuman.create, **options))
+                await aio.run(runtime.start)
+                return runtime
+            except trio.TooSlowError:
+                raise RendererFailed(f"bitHuman did not load {self._model_path} within {CREATE_TIMEOUT:.0f} s") from None
+            except Exception as exc:
+                logger.debug("bitHuman create failed", exc_info=True)
+                if classify(exc) == "unreachable" and delays:
+                    delay = delays.pop(0)
+                    # INFO: the one warning is the fallback's, if it comes to that.
+                    logger.info("cannot reach bitHuman (%s); retrying in %.0f s", describe(exc, self._api_secret), delay)
+                    await trio.sleep(delay)
+                    continue
+                raise startup_error(exc, model_path=self._model_path, secret=self._api_secret) from None
+
+    async def _serve(self, aio, sdk, runtime, frames: trio.MemorySendChannel, task_status) -> None:
+        fps = int(runtime.fps)
+        if not 1 <= fps <= 60 or RATE % fps:
+            raise ConfigError(f"--model: {self._model_path} renders at {fps} fps; avatard needs a rate that divides {RATE} (e.g. 20, 25)")
+        self.fps, self.samples_per_frame = fps, RATE // fps
+        self._aio, self._runtime, self._video_control = aio, runtime, sdk.VideoControl
+        self._aio_generation = self._generation  # interrupts before now had nothing to reach
+        self._ready.set()  # pushes may go now; the SDK queues them until its producer runs
+        async with aio.open_stream(self._frames_in_asyncio, max_buffer=STREAM_BUFFER) as stream:
+            tag, first = await self._next(stream, FIRST_FRAME_TIMEOUT)
+            while first.bgr_image is None:  # a control-only frame: no size to learn yet
+                self._take_audio(tag, first)
+                tag, first = await self._next(stream, FIRST_FRAME_TIMEOUT)
+            self.height, self.width = first.bgr_image.shape[:2]
+            logger.info("bitHuman model %s: %dx%d @ %d fps", self._model_path, self.width, self.height, fps)
+            self.started = True
+            task_status.started()
+            await self._clock(stream, tag, first, frames)
+
+    # -- the clock ------------------------------------------------------------------------------------
+
+    async def _next(self, stream, timeout: float):
+        """The next ``(generation tag, VideoFrame)``; every way the SDK can fail becomes one error."""
+        try:
+            with trio.fail_after(timeout):
+                return await stream.receive()
+        except trio.TooSlowError:
+            raise RendererFailed(f"bitHuman sent no frame for {timeout:g} s") from None
+        except trio.EndOfChannel:
+            raise RendererFailed("bitHuman's frame stream ended") from None
+        except Exception as exc:
+            logger.debug("bitHuman frame stream failed", exc_info=True)
+            if not self.started:
+                raise startup_error(exc, model_path=self._model_path, secret=self._api_secret) from None
+            raise RendererFailed(f"bitHuman stopped: {describe(exc, self._api_secret)}") from None
+
+    async def _clock(self, stream, tag: int, video_frame, frames: trio.MemorySendChannel) -> None:
+        self._ticks = FrameClock(self.fps, "bitHuman renderer")
+        while True:
+            if video_frame.bgr_image is None:
+                self._take_audio(tag, video_frame)
+            else:
+                frame = self._render(tag, video_frame, *await self._ticks.next_tick())
+                try:
+                    frames.send_nowait(frame)
+                except trio.WouldBlock:
+                    self.frames_dropped += 1  # as in the built-in renderer: the clock never waits
+            tag, video_frame = await self._next(stream, self._stall_timeout)
+
+    def _take_audio(self, tag: int, video_frame) -> None:
+        """Move the frame's audio (16 kHz) into the FIFO if it is current speech."""
+        if tag < self._generation:
+            return  # produced before an interrupt the SDK had not seen yet: silent
+        chunk = video_frame.audio_chunk
+        end = bool(video_frame.end_of_speech)  # not chunk.last_chunk: AudioChunk defaults it to True
+        if chunk is not None:
+            samples = np.asarray(chunk.data, dtype=np.int16).reshape(-1)
+            rate = int(chunk.sample_rate)
+            if rate != RATE:
+                resampler = self._resamplers.setdefault(rate, StreamResampler(rate, RATE))
+                samples = resampler.process(samples, last=end)
+                if end:  # the resampler's tail is out; the next utterance starts clean
+                    resampler.reset()
+            # Silent chunks while idle are not speech; silent stretches inside speech we pushed are.
+            if samples.size and (self._pushed > self._played or np.any(samples)):
+                self._fifo = np.concatenate((self._fifo, samples)) if self._fifo.size else samples
+        if end and self._flushed:
+            # The SDK has returned all of this utterance: forget what it swallowed or rounded, so the
+            # turn ends when the FIFO is empty rather than IDLE_AFTER_FRAMES later.
+            self._pushed = min(self._pushed, self._played + len(self._fifo))
+
+    def _render(self, tag: int, video_frame, index: int, timestamp: float) -> Frame:
+        spf = self.samples_per_frame
+        self._take_audio(tag, video_frame)
+        excess = len(self._fifo) - (1 + MAX_FIFO_FRAMES) * spf
+        if excess > 0:
+            self._fifo = self._fifo[excess:]
+            self.audio_dropped += excess
+        real = min(spf, len(self._fifo))
+        audio = np.zeros(spf, dtype=np.int16)
+        audio[:real] = self._fifo[:real]
+        self._fifo = self._fifo[real:]
+        if real:
+            self._played += real
+            self._space.set()
+        if self._speaking.frame(real, turn_over=self._flushed and self._played >= self._pushed) and self._flushed:
+            # Flushed and everything pushed has come back (the SDK may pause between chunks of one
+            # turn, hence "come back"): nothing is ahead any more; forget the drift between the two.
+            self._pushed = self._played
+            self._space.set()
+        image = video_frame.bgr_image
+        if image.shape[:2] != (self.height, self.width):  # keep sinks' geometry fixed, whatever the SDK does
+            image = cv2.resize(image, (self.width, self.height))
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        gesture, self._pending_gesture = self._pending_gesture, None
+        mouth = mouth_target(audio)
+        frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,
+                      generation=self._generation, mouth=mouth, gesture=gesture)
+        self.frames_rendered += 1
+        self.last_frame = frame
+        publish_frame(self._events, frame)
+        return frame
+
+    # -- the asyncio side (runs in the bridge's thread) ---------------------------------------------
+
+    def _call_in_asyncio(self, fn, *args) -> None:
+        """Schedule ``fn(*args)`` on the SDK's loop and return at once; calls keep their order, and an
+        async ``fn`` is started as a task there (through the bridge's loop handle: no asyncio import here)."""
+        if self._aio is None or self._dead:
+            return
+        try:
+            self._aio.asyncio_loop.call_soon_threadsafe(self._run_in_asyncio, fn, args)
+        except RuntimeError:
+            pass  # the loop is closed: the renderer is going away
+
+    def _run_in_asyncio(self, fn, args) -> None:  # asyncio thread
+        what = fn.__name__.strip("_").removesuffix("_in_asyncio")
+        try:
+            result = fn(*args)
+            if inspect.iscoroutine(result):
+                task = self._aio.asyncio_loop.create_task(result)
+                self._aio_tasks.add(task)  # the loop keeps only weak references to tasks
+                task.add_done_callback(functools.partial(self._task_done, what))
+        except Exception as exc:
+            logger.warning("bitHuman %s failed: %s", what, describe(exc, self._api_secret))
+
+    def _task_done(self, what: str, task) -> None:  # asyncio thread
+        self._aio_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("bitHuman %s failed: %s", what, describe(task.exception(), self._api_secret))
+
+    async def _push_in_asyncio(self, generation: int, data: bytes) -> bool:
+        if generation < self._aio_generation:
+            return False  # an interrupt got here first
+        await self._runtime.push_audio(data, RATE, last_chunk=False)
+        return True
+
+    async def _flush_in_asyncio(self, generation: int) -> None:
+        if generation >= self._aio_generation:
+            await self._runtime.flush()
+
+    def _interrupt_in_asyncio(self, generation: int) -> None:
+        self._aio_generation = generation
+        self._runtime.interrupt()
+
+    async def _gesture_in_asyncio(self, name: str) -> None:
+        await self._runtime.push(self._video_control(action=name))
+
+    async def _frames_in_asyncio(self):
+        """The SDK's frames, each tagged with the generation current when it came out."""
+        frames = self._runtime.run()
+        try:
+            async for video_frame in frames:
+                yield self._aio_generation, video_frame
+        finally:
+            aclose = getattr(frames, "aclose", None)
+            if aclose is not None:
+                await aclose()

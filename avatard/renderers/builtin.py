@@ -1,0 +1,118 @@
+"""The built-in renderer: a drawn face lip-synced to the speech it is fed, and the daemon's clock.
+
+Shaped like bitHuman's ``AsyncBithuman`` so the two are interchangeable: ``push_audio`` 16 kHz int16,
+``flush`` at the end of a turn, ``interrupt``, ``gesture``, and ``run`` emitting frames. Each frame
+carries the image and exactly ``16000/fps`` samples of the audio that plays during it, so picture and
+sound are in sync by construction: the mouth of a frame is computed from that frame's own samples.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import trio
+
+from ..constants import GESTURES, RATE
+from ..core.events import EventBus
+from ..core.frame_clock import FrameClock
+from ..core.latency import LatencyMeter
+from ..core.messages import Frame
+from . import face
+from .animator import Animator
+from .report import renderer_status
+from .speaking import SpeakingTracker, publish_frame
+from .speech_buffer import SpeechBuffer
+
+logger = logging.getLogger("avatard.renderer")
+
+
+
+class BuiltinRenderer:
+    name = "builtin"
+
+    def __init__(self, *, width: int, height: int, fps: int, events: EventBus, latency: LatencyMeter, seed: int = 0) -> None:
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self.samples_per_frame = RATE // fps
+        self._events = events
+        self._latency = latency
+        self._animator = Animator(fps, seed=seed)
+        self._speech = SpeechBuffer()
+        self._flushed = True
+        self._speaking = SpeakingTracker(events, latency)
+        self.frames_rendered = 0
+        self.frames_dropped = 0  # the fan-out did not take a frame in time
+        self._clock: FrameClock | None = None
+        self.last_frame: Frame | None = None
+
+    # -- the AsyncBithuman-shaped surface --------------------------------------------------------
+
+    @property
+    def gestures(self) -> list[str]:
+        return sorted(GESTURES)
+
+    @property
+    def ticks_skipped(self) -> int:
+        return self._clock.skipped if self._clock else 0
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking.speaking
+
+    @property
+    def generation(self) -> int:
+        return self._speech.generation
+
+    def status(self) -> dict:
+        return renderer_status(self)
+
+    async def push_audio(self, samples: np.ndarray) -> bool:
+        """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it."""
+        self._flushed = False
+        return await self._speech.put(samples)
+
+    def flush(self) -> None:
+        """End of the turn: once the queued speech has played, the avatar goes back to listening."""
+        self._flushed = True
+
+    def interrupt(self) -> int:
+        """Stop speaking now: the next frame is silent. Returns the samples discarded."""
+        dropped = self._speech.clear()
+        self._animator.interrupt()
+        self._flushed = True
+        return dropped
+
+    def gesture(self, name: str) -> None:
+        """Start a gesture animation; raises ``UnknownGesture`` (a ValueError) listing the known ones."""
+        self._animator.start_gesture(name)
+
+    async def run(self, frames: trio.MemorySendChannel, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The clock: one frame every 1/fps seconds, forever; never waits for a consumer."""
+        self._clock = FrameClock(self.fps, "renderer")
+        task_status.started()
+        async with frames:
+            while True:
+                frame = self._render(*await self._clock.next_tick())
+                try:
+                    frames.send_nowait(frame)
+                except trio.WouldBlock:
+                    # The fan-out is an in-process task that only copies references; if it is this far
+                    # behind, holding the clock would make every sink late. Drop and count instead.
+                    self.frames_dropped += 1
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _render(self, index: int, timestamp: float) -> Frame:
+        generation = self._speech.generation
+        audio, real = self._speech.take(self.samples_per_frame)
+        self._speaking.frame(real, turn_over=self._flushed)
+        pose = self._animator.next_pose(audio)
+        image = face.draw(pose, self.width, self.height)
+        frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,
+                      generation=generation, mouth=pose.mouth, gesture=pose.gesture)
+        self.frames_rendered += 1
+        self.last_frame = frame
+        publish_frame(self._events, frame)
+        return frame
