@@ -45,7 +45,7 @@ STOP_NOTICE = 0.2
 
 def make_renderer(config: Config, events: EventBus, latency: LatencyMeter):
     if config.renderer_kind == "bithuman":
-        # bitHuman, with the built-in renderer standing by (avatard.fallback_renderer); its size and fps
+        # bitHuman, with the built-in renderer standing by (avatard.renderers.fallback); its size and fps
         # are the model's, known once its run() has started.
         from .renderers.bithuman import make_bithuman_renderer
         return make_bithuman_renderer(config, events, latency)
@@ -64,7 +64,7 @@ def make_brain(config: Config, renderer, events: EventBus, latency: LatencyMeter
 def main(config: Config) -> None:
     """Run the daemon until it stops: in this thread, or in a worker thread when a window is wanted.
 
-    OpenCV's window must own the main thread (see avatard.window), which then also takes the signals.
+    OpenCV's window must own the main thread (see avatard.local.window), which then also takes the signals.
     """
     if config.wants_window:
         from .local.window import check_display

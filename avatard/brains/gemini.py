@@ -1,6 +1,6 @@
 """The Gemini Live brain: a real-time voice conversation through the official google-genai client.
 
-google-genai is asyncio-only; it runs on the private asyncio loop of :mod:`avatard.aio_bridge`, where one
+google-genai is asyncio-only; it runs on the private asyncio loop of :mod:`avatard.core.aio_bridge`, where one
 async generator owns each Live connection (connect, receive, close). Everything else is trio:
 
     inputs --> intake --> outbox (bounded; kept across reconnects) --> sender --> session

@@ -120,7 +120,7 @@ def synthesize(text: str, *, voice: str = "en-us", words_per_minute: int = 165) 
     with _lock:
         engine = _get_engine()
         if not voice or engine.lib.espeak_SetVoiceByName(voice.encode("utf-8")) != _EE_OK:
-            raise TtsError(f"unknown espeak voice {voice!r}; see avatard.tts.voices()")
+            raise TtsError(f"unknown espeak voice {voice!r}; see avatard.brains.tts.voices()")
         engine.lib.espeak_SetParameter(_PARAM_RATE, words_per_minute, 0)
         engine.chunks.clear()
         err = engine.lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0,

@@ -1,4 +1,4 @@
-"""The control socket: a Unix stream socket speaking :mod:`avatard.control_protocol` for ``avatarctl``.
+"""The control socket: a Unix stream socket speaking :mod:`avatard.protocol.control` for ``avatarctl``.
 
 Each connection is served by its own task; a bad request gets an error reply and the connection goes
 on (an oversized line closes that connection, since its framing is lost). ``subscribe`` turns the

@@ -1,7 +1,7 @@
 """``GET /metrics``: the daemon's numbers in Prometheus text format (prometheus-client).
 
 Counters and gauges are read at scrape time from the same sources ``avatarctl status`` reads
-(:meth:`Hub.status`), so the two never disagree; latency histograms live in :mod:`avatard.latency`.
+(:meth:`Hub.status`), so the two never disagree; latency histograms live in :mod:`avatard.core.latency`.
 The registry is private to the daemon (no process-global default registry).
 """
 

@@ -6,7 +6,7 @@ mouth is computed from that frame's own audio (lip sync holds by construction), 
 slows the animation instead of making it jump, and tests can replay a session exactly.
 
 The animator decides *when* things happen -- mouth level, blink timing, idle sway, how far a gesture has
-played; :mod:`avatard.face` decides what they look like.
+played; :mod:`avatard.renderers.face` decides what they look like.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ secret error; :func:`check_model_file` rejects it first, offline (the tests chec
 
 How it fits avatard:
 
-* The SDK is asyncio-only; it runs on a private loop from :mod:`avatard.aio_bridge`, owned by
+* The SDK is asyncio-only; it runs on a private loop from :mod:`avatard.core.aio_bridge`, owned by
   :meth:`BithumanRenderer.run`. Calls that must keep their order with the frame stream (``interrupt``,
   ``flush``, gestures) are scheduled onto that loop FIFO and return at once, as the interface wants.
 * The SDK's ``run()`` paces frames itself (its docs speak of a "paced producer"; that cannot be verified
@@ -49,12 +49,12 @@ How it fits avatard:
 * Backpressure: ``push_audio`` waits while more than :data:`MAX_AHEAD_SECONDS` of audio is ahead of what
   the frames have played (the SDK's own input queue is unbounded).
 * Gestures: the SDK does not list a model's actions. With ``--agent-id``, the names come from bitHuman's
-  Dynamics API (:mod:`avatard.dynamics`) and only those are accepted; otherwise the list shows the common
+  Dynamics API (:mod:`avatard.renderers.dynamics`) and only those are accepted; otherwise the list shows the common
   bitHuman action names the built-in avatar also draws, and any action-shaped name
   (:data:`ACTION_NAME`) is passed through, since each model brings its own actions.
 * Failures: :func:`startup_error` turns an SDK error at start-up into ConfigError (the model: exit 2),
   RendererError (a refused secret: exit 1) or :class:`RendererFailed` (unreachable after retries, or
-  anything else: the built-in renderer takes over, see :mod:`avatard.fallback_renderer`). Mid-session,
+  anything else: the built-in renderer takes over, see :mod:`avatard.renderers.fallback`). Mid-session,
   every failure -- the stream raising or ending, no frame for :data:`STALL_TIMEOUT` -- is RendererFailed.
   Messages are one line and never contain the secret; tracebacks go to the DEBUG log only.
 """

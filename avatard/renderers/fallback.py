@@ -2,7 +2,7 @@
 
 :class:`FallbackRenderer` is what the app gets when it asks for the bitHuman renderer. It has the
 renderer interface and delegates every call to the *active* renderer: the primary (bitHuman) until it
-fails, then a :class:`~avatard.builtin_renderer.BuiltinRenderer` made on the spot. Nothing else in the
+fails, then a :class:`~avatard.renderers.builtin.BuiltinRenderer` made on the spot. Nothing else in the
 daemon knows that a switch can happen: the hub, the brain, the fan-out and the sinks keep calling the
 same object, and frames keep coming out of the same channel.
 
