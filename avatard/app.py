@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import signal
+import sys
 
 import trio
 
@@ -41,6 +42,11 @@ BRAIN_INPUT_QUEUE = 16
 # On SIGTERM, q or a closed window, sinks get this long to tell their clients, then everything is
 # cancelled. systemd gives us TimeoutStopSec; we promise to be gone well inside 2 s.
 STOP_NOTICE = 0.2
+# How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms). The asyncio
+# bridge's thread parses bursts of Live messages (JSON + base64 in google-genai) while the trio thread
+# renders and sends the frame that answers them; at 5 ms per hand-off a frame's few GIL round trips
+# (draw, fan-out, encode, send) added tens of ms. 0.5 ms costs a little throughput, which the box has.
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 def make_renderer(config: Config, events: EventBus, latency: LatencyMeter):
@@ -66,6 +72,7 @@ def main(config: Config) -> None:
 
     OpenCV's window must own the main thread (see avatard.local.window), which then also takes the signals.
     """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     if config.wants_window:
         from .local.window import check_display
         check_display()  # before any window call: OpenCV's Qt aborts the process without a display

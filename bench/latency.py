@@ -13,7 +13,8 @@ daemon's. ``--clients`` WebSocket clients
    is an upper bound for "leaving the WebSocket": it adds this process's own scheduling (and, in-process,
    the server thread competing for the GIL). Split
    with the chunk's header timestamp (the renderer tick it belongs to, wall clock) into *audio -> its tick*
-   (the wait for the clock: at 25 fps up to 40 ms by design) and *tick -> client* (render, JPEG, send);
+   (the wait for the clock: ~0 since the clock re-phases when speech starts) and *tick -> client* (render,
+   send);
 3. 0.15-0.6 s later (random, so interrupts do not align with ticks) an interrupt, rotating through three
    paths: a WebSocket ``control`` message from client 1, the control socket's ``interrupt`` request (what
    ``avatarctl interrupt`` sends, timed from the request), and the real ``avatarctl interrupt`` process
@@ -27,9 +28,9 @@ Side by side: the same loop against the offline brain (espeak; no model, so only
 speech) as the baseline, and the daemon's own histograms from ``GET /metrics`` over the counted turns
 (``avatard_latency_audio_to_frame_seconds``: brain hands audio over -> its frame rendered;
 ``avatard_latency_interrupt_to_silence_seconds``: interrupt -> first silent frame rendered). Goals: (a) and
-(b) p95 <= 40 ms (one frame at 25 fps).
+(b) p95 <= 10 ms (the daemon's own work on one frame); offline text -> first speech p95 <= 35 ms.
 
-    /work/venv/bin/python bench/latency.py [--turns 30] [--clients 3] [--warmup 2] [--no-local] [--no-readme]
+    .venv/bin/python bench/latency.py [--turns 30] [--clients 3] [--warmup 2] [--no-local] [--no-readme]
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ import trio_websocket
 
 from avatard.protocol import media as wire
 
-GOAL_MS = 40.0  # one frame at 25 fps
+# The daemon's share of a reply and of an interrupt: render + encode + send of one frame, with no wait
+# for the clock (it re-phases on speech after idle and on interrupts; see avatard/core/frame_clock.py).
+GOAL_MS = 10.0
+OFFLINE_TEXT_GOAL_MS = 35.0  # text -> first speech with espeak: the first phrase is synthesized first
 TURN_TIMEOUT = 20.0  # first speech after text_input; espeak + a cold start on a loaded box take ~2 s
 INTERRUPT_TIMEOUT = 5.0
 INTERRUPT_DELAY_S = (0.15, 0.6)  # after speech reached every client; the answers last ~2.5 s
@@ -323,8 +327,8 @@ def histogram(run: Run, name: str) -> str:
     return found.summary_ms() if found is not None else "not exported"
 
 
-def verdict(values_ms: list[float]) -> str:
-    return "ok" if values_ms and c.percentile(values_ms, 95) <= GOAL_MS else "MISS"
+def verdict(values_ms: list[float], goal_ms: float = GOAL_MS) -> str:
+    return "ok" if values_ms and c.percentile(values_ms, 95) <= goal_ms else "MISS"
 
 
 def main() -> None:
@@ -376,7 +380,8 @@ def main() -> None:
     print("\n" + "; ".join(f"{r.brain}: rendered {r.status['frames_rendered']}, dropped {r.status['frames_dropped']}, "
                           f"ticks skipped {r.status['ticks_skipped']}, reconnects {r.status['reconnects']}" for r in runs))
     print(f"load average after: {c.loadavg()}. (a) goal: {verdict(speech_out(gem))}; "
-          f"(b) goal: {verdict(to_silence(gem))}")
+          f"(b) goal: {verdict(to_silence(gem))}"
+          + (f"; offline text -> speech goal: {verdict(end_to_end(local), OFFLINE_TEXT_GOAL_MS)}" if local else ""))
     print("(avatarctl rows: timed from the daemon's `interrupted` event timestamp, see the docstring)")
 
     if args.no_readme:
@@ -390,7 +395,8 @@ def main() -> None:
          f"{histogram(gem, 'audio_to_frame')}", f"p95 <= {GOAL_MS:g} ms"),
         ("latency: text -> first speech, end to end",
          f"Gemini (instant test server) {stats(end_to_end(gem))}"
-         + (f"; offline brain (espeak) {stats(end_to_end(local))}" if local else ""), "-"),
+         + (f"; offline brain (espeak) {stats(end_to_end(local))}" if local else ""),
+         f"offline p95 <= {OFFLINE_TEXT_GOAL_MS:g} ms"),
         ("latency: interrupt -> silence on every client (b)",
          f"{stats(to_silence(gem))} [ws {c.percentile(to_silence(gem, 'ws'), 95):.0f} / control "
          f"{c.percentile(to_silence(gem, 'control'), 95):.0f} / avatarctl {c.percentile(to_silence(gem, 'avatarctl'), 95):.0f}"

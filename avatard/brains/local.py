@@ -11,6 +11,7 @@ the same event stream whichever brain runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import trio
@@ -56,6 +57,13 @@ class LocalBrain:
                 break
         if self._speaking_scope is not None:
             self._speaking_scope.cancel()
+
+    def _answering(self, text: str, spoken: bool) -> None:
+        """The answer's first audio exists: latency mark, transcript, and the keyword gestures of spoken text."""
+        self._latency.model_audio()
+        self._events.publish("transcription", role="assistant", text=text, is_final=True)
+        if spoken:
+            keyword_gestures.fire(self._keywords.feed(text) + self._keywords.end(), self._gesture)
 
     def _gesture(self, name: str) -> None:
         self._controls.gesture(name, self.name)
@@ -107,15 +115,8 @@ class LocalBrain:
             with trio.CancelScope() as scope:
                 self._speaking_scope = scope
                 if kind == "say":
-                    samples = await voice.synthesize(payload)
-                    text = payload
-                else:
-                    samples = payload
-                    text = f"[echo of {len(samples) / RATE:.1f} s]"
-                if len(samples):
-                    self._latency.model_audio()
-                    self._events.publish("transcription", role="assistant", text=text, is_final=True)
-                    if kind == "say":
-                        keyword_gestures.fire(self._keywords.feed(text) + self._keywords.end(), self._gesture)
-                    await voice.play(self._renderer, samples)
+                    await voice.speak(self._renderer, payload, functools.partial(self._answering, payload, True))
+                elif len(payload):
+                    self._answering(f"[echo of {len(payload) / RATE:.1f} s]", False)
+                    await voice.play(self._renderer, payload)
             self._speaking_scope = None

@@ -1,4 +1,16 @@
-"""The renderers' clock: one tick every 1/fps seconds, with presentation times on the wall clock."""
+"""The renderers' clock: one tick every 1/fps seconds, with presentation times on the wall clock.
+
+The grid's phase is arbitrary, so waiting for the next tick would add up to one period (40 ms at 25 fps)
+to the first word of an answer and to every interrupt. :meth:`FrameClock.rephase` moves it instead: the
+next tick is due at once (speech arriving while the avatar is idle, an interrupt), and the 1/fps grid goes
+on from that moment. Each event costs at most one short interval; frames still carry exactly RATE/fps
+samples, indices and timestamps still increase strictly, and over any second there are at most fps
+frames plus one per event. A burst of events cannot turn into a burst of frames: a re-phased tick is never
+closer than :data:`MIN_GAP_FRACTION` of a period to the one before it.
+
+Rejected: rendering an extra frame on each event while keeping the grid. It doubles the frames of a busy
+second and still leaves the following frames on the old phase.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +24,44 @@ logger = logging.getLogger("avatard.clock")
 # Further behind than this (a stalled CPU, a debugger, a late SDK frame), the clock skips ahead instead
 # of rushing out a burst of frames that would all be late anyway; skipped ticks are counted.
 MAX_LAG_FRAMES = 5
+# The shortest interval a re-phase may create (5 ms at 25 fps): sinks never see two frames at once,
+# and a flood of interrupts is at most 8 frames per period, each carrying its own samples.
+MIN_GAP_FRACTION = 0.125
 
 
 class FrameClock:
     def __init__(self, fps: int, name: str) -> None:
         self._period = 1.0 / fps
+        self._min_gap = MIN_GAP_FRACTION * self._period
         self._name = name
         self._start = trio.current_time()
         self._wall_offset = time.time() - self._start
         self._tick = 0
+        self._last: float | None = None  # trio time of the last tick handed out
+        self._wake = trio.Event()  # set by rephase(): the pending tick is due now
         self.skipped = 0
+        self.rephased = 0
+
+    def rephase(self) -> None:
+        """Make the next tick due now (or as soon as the minimum gap allows); the grid continues from it."""
+        self._wake.set()
 
     async def next_tick(self) -> tuple[int, float]:
         """Sleep until the next tick is due; return its index and presentation time (epoch seconds)."""
         deadline = self._start + self._tick * self._period
-        await trio.sleep_until(deadline)
+        with trio.move_on_at(deadline):
+            await self._wake.wait()
+        if self._wake.is_set():
+            self._wake = trio.Event()
+            now = trio.current_time()
+            earliest = now if self._last is None else max(now, self._last + self._min_gap)
+            if earliest < deadline:
+                await trio.sleep_until(earliest)
+                self._start = earliest - self._tick * self._period  # the grid goes on from here
+                deadline = earliest
+                self.rephased += 1
+            else:
+                await trio.sleep_until(deadline)
         lag = trio.current_time() - deadline
         if lag > MAX_LAG_FRAMES * self._period:
             skip = int(lag / self._period)
@@ -36,4 +71,5 @@ class FrameClock:
             logger.warning("%s fell %.0f ms behind; skipped %d ticks", self._name, lag * 1000, skip)
         tick = self._tick
         self._tick += 1
+        self._last = deadline
         return tick, deadline + self._wall_offset

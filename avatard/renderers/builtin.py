@@ -66,12 +66,20 @@ class BuiltinRenderer:
         return self._speech.generation
 
     def status(self) -> dict:
-        return renderer_status(self)
+        return renderer_status(self, clock_rephased=self._clock.rephased if self._clock else 0)
 
     async def push_audio(self, samples: np.ndarray) -> bool:
-        """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it."""
+        """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it.
+
+        Speech that starts while the avatar is idle re-phases the clock: its first frame goes out now
+        instead of at the next tick of an arbitrary grid.
+        """
+        idle = not self.speaking and self._speech.pending == 0
         self._flushed = False
-        return await self._speech.put(samples)
+        queued = await self._speech.put(samples)
+        if queued and idle and self._clock is not None:
+            self._clock.rephase()
+        return queued
 
     def flush(self) -> None:
         """End of the turn: once the queued speech has played, the avatar goes back to listening."""
@@ -82,6 +90,8 @@ class BuiltinRenderer:
         dropped = self._speech.clear()
         self._animator.interrupt()
         self._flushed = True
+        if self._clock is not None:
+            self._clock.rephase()  # the silent, closed-mouth frame goes out now, not at the next tick
         return dropped
 
     def gesture(self, name: str) -> None:
