@@ -64,7 +64,10 @@ class FrameClock:
                 await trio.sleep_until(deadline)
         lag = trio.current_time() - deadline
         if lag > MAX_LAG_FRAMES * self._period:
-            skip = int(lag / self._period)
+            # The tick due now, not the one before it: lag/period of an exact multiple can come out as
+            # 14.999999999999998 in floating point, and truncating that would return a stale tick and
+            # then burst the due one right after it. The nudge is a millionth of a period.
+            skip = int(lag / self._period + 1e-6)
             self.skipped += skip
             self._tick += skip
             deadline = self._start + self._tick * self._period
