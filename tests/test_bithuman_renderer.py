@@ -38,14 +38,8 @@ from avatard.core.fanout import FanOut
 from avatard.core.hub import Hub
 from avatard.core.latency import LatencyMeter
 from avatard.errors import ConfigError, Refused, RendererError, RendererFailed, UnknownGesture
-from avatard.renderers import bithuman as bh
-from avatard.renderers.bithuman import (
-    BithumanRenderer,
-    check_model_file,
-    classify,
-    make_bithuman_renderer,
-    startup_error,
-)
+from avatard.renderers.bithuman import BithumanRenderer, make_bithuman_renderer
+from avatard.renderers.bithuman_errors import KIND_BY_CLASS
 from avatard.renderers.fallback import FALLBACK_NAME, FallbackRenderer
 
 TESTS = Path(__file__).parent
@@ -156,7 +150,7 @@ def test_real_sdk_exposes_what_the_adapter_calls():
     assert {"data", "sample_rate", "last_chunk"} <= {f.name for f in dataclasses.fields(bithuman.AudioChunk)}
     assert bithuman.VideoControl(action="wave").action == "wave"
     # Every SDK class the error table names exists (a rename would silently change a verdict).
-    for name in bh._KIND_BY_CLASS:
+    for name in KIND_BY_CLASS:
         if not hasattr(builtins, name):
             assert isinstance(getattr(bithuman, name), type), name
 
@@ -168,36 +162,7 @@ def test_stand_in_matches_the_real_signatures():
         assert inspect.iscoroutinefunction(getattr(fake, name)) == inspect.iscoroutinefunction(getattr(real, name)), name
 
 
-# -- the real SDK: model files and errors ------------------------------------------------------------
-
-def test_check_model_file_rejects_only_what_the_real_sdk_rejects(tmp):
-    garbage = tmp / "garbage.imx"
-    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    empty = tmp / "empty.imx"
-    empty.write_bytes(b"")
-    text = tmp / "notes.imx"
-    text.write_text("this is not an avatar\n" * 40)
-    for path in (garbage, empty, text):
-        with pytest.raises(ConfigError, match="--model: .* is not a bitHuman .imx model"):
-            check_model_file(str(path))
-        with pytest.raises(bithuman.InvalidAvatar):  # the SDK's public verdict, offline
-            bithuman.open(str(path))
-        # What create() does after authenticating (its loader): the same verdict as an SDK error,
-        # which the adapter would turn into the same one-line ConfigError.
-        with pytest.raises(bithuman.ModelLoadError) as caught:
-            bithuman.AsyncBithuman()._load_fixture_blocking(str(path))
-        error = startup_error(caught.value, model_path=str(path), secret=SECRET)
-        assert isinstance(error, ConfigError) and str(error).startswith(f"--model: bitHuman cannot use {path}: [model_load_failed]")
-
-
-def test_check_model_file_accepts_imx_and_tar_containers(tmp, model):
-    check_model_file(model)
-    import tarfile
-    tar = tmp / "old.imx"
-    with tarfile.open(tar, "w") as archive:
-        archive.add(model, arcname="manifest.json")
-    check_model_file(str(tar))
-
+# -- the real SDK: a missing model ---------------------------------------------------------------------
 
 async def test_real_sdk_missing_model_is_a_config_error(tmp):
     """The real SDK, for real: ModelNotFoundError (offline, before any network) -> ConfigError."""
@@ -205,40 +170,6 @@ async def test_real_sdk_missing_model_is_a_config_error(tmp):
     send, _receive = trio.open_memory_channel(1)
     with pytest.raises(ConfigError, match=r"^--model: bitHuman cannot use .*gone.imx: \[model_not_found\]"):
         await renderer.run(send)
-
-
-@pytest.mark.parametrize("exc, kind", [
-    (bithuman.ModelNotFoundError("Essence model not found: /x.imx"), "model"),
-    (bithuman.ModelLoadError("failed to load .imx"), "model"),
-    (bithuman.ModelSecurityError("integrity"), "model"),
-    (bithuman.InvalidAvatar("that is not a usable avatar"), "model"),
-    (bithuman.NotSupported("cannot run here"), "model"),
-    (bithuman.AccountStatusError("this account has no credits remaining"), "refused"),
-    (bithuman.TokenExpiredError("expired"), "refused"),
-    (bithuman.TokenValidationError("bad signature"), "refused"),
-    (bithuman.NotAuthorised("the key is invalid"), "refused"),
-    (bithuman.TokenRequestError("could not request a token"), "unreachable"),
-    (bithuman.Failed("transient"), "unreachable"),
-    (RuntimeError("auth_authenticate: curl_easy_perform: Couldn't resolve host name"), "unreachable"),
-    (RuntimeError("auth_authenticate: curl_easy_perform: Couldn't connect to server"), "unreachable"),
-    (RuntimeError("auth_authenticate: HTTP 401 this credential was REFUSED by the service"), "refused"),
-    (ConnectionResetError("peer reset"), "unreachable"),
-    (RuntimeError("be_fixture_load: status=3"), "failed"),
-    (ValueError("odd"), "failed"),
-])
-def test_classify_sdk_errors(exc, kind):
-    assert classify(exc) == kind
-
-
-def test_startup_errors_are_one_line_without_the_secret():
-    refused = startup_error(bithuman.AccountStatusError(f"secret {SECRET} was rejected\nby the service"), model_path="m.imx", secret=SECRET)
-    assert type(refused) is RendererError
-    assert str(refused).startswith("bitHuman refused the API secret (--api-secret / BITHUMAN_API_SECRET): [account_status_invalid]")
-    assert SECRET not in str(refused) and "\n" not in str(refused)
-    unreachable = startup_error(RuntimeError("auth_authenticate: curl_easy_perform: Couldn't resolve host name"),
-                                model_path="m.imx", secret=SECRET)
-    assert isinstance(unreachable, RendererFailed) and "cannot reach bitHuman" in str(unreachable)
-    assert isinstance(startup_error(KeyError("x"), model_path="m.imx", secret=None), RendererFailed)
 
 
 # -- the adapter against the stand-in ----------------------------------------------------------------

@@ -27,7 +27,7 @@ not be asked; ``AccountStatusError``, ``TokenExpiredError``, ``TokenValidationEr
 ``NotAuthorised``, ``Failed``. Found by experiment: ``create()`` authenticates *before* it reads the
 model, and network failures come out of libessence as a plain ``RuntimeError("auth_authenticate:
 curl_easy_perform: Couldn't resolve host name")``. So a garbage file would surface as a network or
-secret error; :func:`check_model_file` rejects it first, offline (the tests check that the SDK's own
+secret error; :func:`~avatard.renderers.bithuman_errors.check_model_file` rejects it first, offline (the tests check that the SDK's own
 ``bithuman.open()`` rejects every file it rejects).
 
 How it fits avatard:
@@ -52,7 +52,7 @@ How it fits avatard:
   Dynamics API (:mod:`avatard.dynamics`) and only those are accepted; otherwise the list shows the common
   bitHuman action names the built-in avatar also draws, and any action-shaped name
   (:data:`ACTION_NAME`) is passed through, since each model brings its own actions.
-* Failures: :func:`startup_error` turns an SDK error at start-up into ConfigError (the model: exit 2),
+* Failures: :func:`~avatard.renderers.bithuman_errors.startup_error` turns an SDK error at start-up into ConfigError (the model: exit 2),
   RendererError (a refused secret: exit 1) or :class:`RendererFailed` (unreachable after retries, or
   anything else: the built-in renderer takes over, see :mod:`avatard.fallback_renderer`). Mid-session,
   every failure -- the stream raising or ending, no frame for :data:`STALL_TIMEOUT` -- is RendererFailed.
@@ -79,6 +79,7 @@ from ..core.latency import LatencyMeter
 from ..core.messages import Frame
 from ..errors import AsyncioCancelledError, ConfigError, RendererError, RendererFailed, UnknownGesture
 from .animator import mouth_target
+from .bithuman_errors import check_model_file, classify, describe, startup_error
 from .fallback import FallbackRenderer
 from .report import renderer_status
 from .speaking import SpeakingTracker, publish_frame
@@ -86,10 +87,6 @@ from .speech_buffer import MAX_AHEAD_SECONDS
 
 logger = logging.getLogger("avatard.bithuman")
 
-# An .imx is either an "IMX\0" container or (older models) a POSIX tar archive; the SDK's loader
-# (be_fixture_load) accepts exactly these two.
-IMX_MAGIC = b"IMX\x00"
-TAR_MAGIC_OFFSET, TAR_MAGIC = 257, b"ustar"
 # Authenticate and load a model of a few hundred MB on a slow edge CPU; past this the start has failed.
 CREATE_TIMEOUT = 120.0
 # The engine warms up on its first frame; a minute-long silence there is a broken install, not a slow one.
@@ -110,78 +107,6 @@ MAX_FIFO_FRAMES = 3
 CLOSE_TIMEOUT = 1.0
 # What a gesture ("action") name may look like when the model's list is unknown.
 ACTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MAX_REASON_CHARS = 300
-
-# What an SDK exception class means for us. classify() walks the exception's MRO, so the most specific
-# class listed decides. By name rather than isinstance, so it also reads a stand-in's or a moved class.
-_KIND_BY_CLASS = {
-    "TokenRequestError": "unreachable",  # the auth server could not be asked (the SDK says: retryable)
-    "AccountStatusError": "refused", "TokenExpiredError": "refused", "TokenValidationError": "refused",
-    "TokenError": "refused", "NotAuthorised": "refused",
-    "ModelNotFoundError": "model", "ModelLoadError": "model", "ModelSecurityError": "model",
-    "ModelError": "model", "InvalidAvatar": "model", "NotSupported": "model",
-    "Failed": "unreachable",  # "transient, or our fault. Retry" (its _Unreachable subclass is the network)
-    "ConnectionError": "unreachable", "TimeoutError": "unreachable", "OSError": "unreachable",
-}
-# libessence reports auth problems as RuntimeError text: curl failures first ("Connection refused" is
-# the network, not a refusal), then the service's answers.
-_UNREACHABLE_TEXT = re.compile(r"curl|cannot reach|could not be reached|resolve host|connect to server|timed? ?out", re.I)
-_REFUSED_TEXT = re.compile(r"HTTP 40[123]\b|refused by the service|rejected|unauthori[sz]ed|no credits", re.I)
-
-
-
-def check_model_file(path: str) -> None:
-    """Raise ConfigError (naming ``--model``) unless ``path`` looks like a bitHuman .imx model.
-
-    Offline and cheap (512 bytes): the SDK itself would authenticate over the network before it looked.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError as exc:
-        raise ConfigError(f"--model: cannot read {path}: {exc.strerror}") from None
-    if head.startswith(IMX_MAGIC) or head[TAR_MAGIC_OFFSET:TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
-        return
-    what = "the file is empty" if not head else "no IMX header and not a tar archive"
-    raise ConfigError(f"--model: {path} is not a bitHuman .imx model ({what})")
-
-
-def classify(exc: BaseException) -> str:
-    """``model``, ``refused``, ``unreachable`` or ``failed``: what an SDK error means for the operator."""
-    for cls in type(exc).__mro__:
-        kind = _KIND_BY_CLASS.get(cls.__name__)
-        if kind is not None:
-            return kind
-    text = str(exc)
-    if _UNREACHABLE_TEXT.search(text):
-        return "unreachable"
-    if _REFUSED_TEXT.search(text):
-        return "refused"
-    return "failed"
-
-
-def describe(exc: BaseException, secret: str | None = None) -> str:
-    """One line for a person: the SDK's own message (its classes prefix a ``[code]``), never the secret."""
-    text = " ".join(str(exc).split())
-    sdk_error = type(exc).__module__.startswith("bithuman") or isinstance(exc, RuntimeError)
-    if not text or not sdk_error:
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    if secret:
-        text = text.replace(secret, "***")
-    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + "..."
-
-
-def startup_error(exc: BaseException, *, model_path: str, secret: str | None) -> Exception:
-    """The avatard error for an SDK failure before the first frame (see the module docstring)."""
-    reason = describe(exc, secret)
-    kind = classify(exc)
-    if kind == "model":
-        return ConfigError(f"--model: bitHuman cannot use {model_path}: {reason}")
-    if kind == "refused":
-        return RendererError(f"bitHuman refused the API secret (--api-secret / BITHUMAN_API_SECRET): {reason}")
-    if kind == "unreachable":
-        return RendererFailed(f"cannot reach bitHuman to check the API secret: {reason}")
-    return RendererFailed(f"bitHuman failed to start: {reason}")
 
 
 def _import_sdk():
