@@ -62,7 +62,6 @@ How it fits avatard:
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import re
 
@@ -179,7 +178,6 @@ class BithumanRenderer:
         self._pending_gesture: str | None = None
         # asyncio side (touched only in the asyncio thread once run() has started)
         self._aio_generation = 0
-        self._aio_tasks: set = set()
 
     # -- the renderer interface ---------------------------------------------------------------------
 
@@ -420,30 +418,19 @@ class BithumanRenderer:
     # -- the asyncio side (runs in the bridge's thread) ---------------------------------------------
 
     def _call_in_asyncio(self, fn, *args) -> None:
-        """Schedule ``fn(*args)`` on the SDK's loop and return at once; calls keep their order, and an
-        async ``fn`` is started as a task there (through the bridge's loop handle: no asyncio import here)."""
+        """Schedule ``fn(*args)`` on the SDK's loop and return at once; calls keep their order."""
         if self._aio is None or self._dead:
             return
-        try:
-            self._aio.asyncio_loop.call_soon_threadsafe(self._run_in_asyncio, fn, args)
-        except RuntimeError:
-            pass  # the loop is closed: the renderer is going away
-
-    def _run_in_asyncio(self, fn, args) -> None:  # asyncio thread
         what = fn.__name__.strip("_").removesuffix("_in_asyncio")
         try:
-            result = fn(*args)
-            if inspect.iscoroutine(result):
-                task = self._aio.asyncio_loop.create_task(result)
-                self._aio_tasks.add(task)  # the loop keeps only weak references to tasks
-                task.add_done_callback(functools.partial(self._task_done, what))
-        except Exception as exc:
-            logger.warning("bitHuman %s failed: %s", what, describe(exc, self._api_secret))
+            self._aio.call_soon(fn, *args, on_done=functools.partial(self._call_done, what))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # refused (too many pending) or the loop is closed: the renderer is going away
 
-    def _task_done(self, what: str, task) -> None:  # asyncio thread
-        self._aio_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("bitHuman %s failed: %s", what, describe(task.exception(), self._api_secret))
+    def _call_done(self, what: str, result) -> None:
+        error = getattr(result, "error", None)
+        if error is not None and not isinstance(error, AsyncioCancelledError):
+            logger.warning("bitHuman %s failed: %s", what, describe(error, self._api_secret))
 
     async def _push_in_asyncio(self, generation: int, data: bytes) -> bool:
         if generation < self._aio_generation:
