@@ -10,7 +10,9 @@ signatures here match the installed SDK.
 Like the SDK: ``run()`` emits one VideoFrame per tick at the model's fps, idle or not (``pace=False``
 makes it emit as fast as it is read); a tick carries ``samples_per_tick`` samples of the pushed speech in
 ``audio_chunk`` (None when idle) and ``end_of_speech`` on the last tick of a flushed utterance;
-``interrupt()`` drops the utterance; ``push(VideoControl(action=...))`` is recorded.
+``interrupt()`` drops the utterance; ``push(VideoControl(action=...))`` is recorded. Faults on demand:
+``create_errors``, ``crash_after`` (``run()`` raises), ``hang_after`` (``run()`` stops yielding),
+``push_fails_after`` (``push_audio()`` raises).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class Script:
 
     def __init__(self, *, fps: int = 25, size: tuple[int, int] = (64, 48), pace: bool = True, audio_rate: int = 16000,
                  create_errors: list[BaseException] | None = None, crash_after: int | None = None,
-                 crash_error: BaseException | None = None, hang_after: int | None = None, idle_audio: bool = False) -> None:
+                 crash_error: BaseException | None = None, hang_after: int | None = None, idle_audio: bool = False,
+                 push_fails_after: int | None = None, push_error: BaseException | None = None) -> None:
         self.fps = fps
         self.size = size  # (width, height)
         self.pace = pace
@@ -45,6 +48,9 @@ class Script:
         self.crash_error = crash_error or RuntimeError("libessence: engine died")
         self.hang_after = hang_after  # run() stops yielding after this many frames
         self.idle_audio = idle_audio  # emit silent chunks while idle (instead of None)
+        self.push_fails_after = push_fails_after  # push_audio raises push_error after this many pushes
+        self.push_error = push_error or RuntimeError("libessence: audio input closed")
+        self.pushes = 0
         self.calls: list[tuple] = []
         self.creates = 0
         self.frames = 0
@@ -109,6 +115,10 @@ class FakeAsyncBithuman:
         self.script.calls.append(("start",))
 
     async def push_audio(self, data: bytes, sample_rate: int, last_chunk: bool = True) -> None:
+        script = self.script
+        if script.push_fails_after is not None and script.pushes >= script.push_fails_after:
+            raise script.push_error
+        script.pushes += 1
         samples = np.frombuffer(data, dtype=np.int16)
         self.script.calls.append(("push_audio", len(samples), sample_rate, last_chunk))
         self._pending = np.concatenate((self._pending, samples))

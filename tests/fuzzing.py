@@ -325,7 +325,7 @@ def _mangled(draw):
     at = draw(st.integers(0, len(text)))
     text = draw(st.sampled_from([text[:at], text[:at] + draw(st.characters(codec="utf-8")) + text[at:]]))
     try:
-        value = json.loads(text)
+        json.loads(text)
     except ValueError:
         return Example("ws_text", text, "error", "bad_json", "mangled")
     return Example("ws_text", text, None, None, "mangled (still JSON)")

@@ -209,6 +209,131 @@ async def test_errors_in_the_block_are_not_wrapped() -> None:
                 raise LookupError
 
 
+async def settled(aio: Any) -> None:
+    """Wait until the trio side has heard the end of every call_soon() call."""
+    with trio.fail_after(10):
+        while aio.pending_calls:
+            await trio.sleep(0.001)
+
+
+async def test_call_soon_returns_at_once_and_keeps_the_order() -> None:
+    seen: list[tuple[str, int, int]] = []
+    done = trio.Event()
+
+    def sync(i: int) -> None:
+        seen.append(("sync", i, threading.get_ident()))
+
+    async def coro(i: int) -> None:
+        seen.append(("async", i, threading.get_ident()))  # its first step: tasks start in creation order
+        await asyncio.sleep(0)
+
+    async with open_asyncio_loop(max_pending_calls=101) as aio:
+        for i in range(50):
+            aio.call_soon(sync, i)
+        for i in range(50):
+            aio.call_soon(coro, i)
+        aio.call_soon(sync, 50, on_done=lambda result: done.set())
+        assert aio.pending_calls > 0  # nothing waited for the asyncio side
+        with trio.fail_after(10):
+            await done.wait()
+        await settled(aio)
+    assert [i for kind, i, _ in seen if kind == "sync"] == list(range(51))
+    assert [i for kind, i, _ in seen if kind == "async"] == list(range(50))
+    assert {thread for _, _, thread in seen} != {threading.get_ident()}
+    assert aio.calls_refused == 0
+
+
+async def test_call_soon_errors_are_logged_or_handed_to_on_done(caplog: pytest.LogCaptureFixture) -> None:
+    def sync_fails() -> None:
+        raise KeyError("sync boom")
+
+    async def async_fails() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("async boom")
+
+    outcomes: list[Any] = []
+    async with open_asyncio_loop() as aio:
+        aio.call_soon(sync_fails)
+        aio.call_soon(async_fails)
+        aio.call_soon(async_fails, on_done=outcomes.append)
+        aio.call_soon(functools.partial(asyncio.sleep, 0, result=7), on_done=outcomes.append)
+        await settled(aio)
+    failures = [r for r in caplog.records if r.name == "avatard.aio_bridge" and r.levelname == "WARNING"]
+    assert len(failures) == 2, "each error without on_done is logged once"
+    assert {type(r.exc_info[1]) for r in failures} == {KeyError, ValueError}, "with its traceback"
+    assert "sync boom" in failures[0].getMessage() or "sync boom" in failures[1].getMessage()
+    assert len(outcomes) == 2
+    with pytest.raises(ValueError, match="async boom"):
+        outcomes[0].unwrap()
+    assert outcomes[1].unwrap() == 7
+
+
+async def test_call_soon_is_bounded_and_refuses_beyond_the_bound() -> None:
+    gate: list[asyncio.Future[None]] = []
+
+    async def hold() -> None:
+        if not gate:
+            gate.append(asyncio.get_running_loop().create_future())
+        await gate[0]
+
+    async def release() -> None:
+        gate.pop().set_result(None)
+
+    async with open_asyncio_loop(max_pending_calls=8) as aio:
+        accepted = 0
+        for _ in range(10_000):  # a flood, faster than the loop can run anything
+            try:
+                aio.call_soon(hold)
+                accepted += 1
+            except trio.WouldBlock:
+                pass
+        assert accepted == 8 and aio.pending_calls == 8
+        assert aio.calls_refused == 10_000 - 8, "every refusal is counted"
+        await aio.run(asyncio.sleep, 0)  # run() is not held up by a full call_soon()
+        assert aio.pending_calls == 8, "tasks still running count as pending"
+        await aio.run(release)
+        await settled(aio)
+        aio.call_soon(hold)  # room again (it waits on a new gate, until the loop shuts down)
+        await aio.run(asyncio.sleep, 0)
+        assert aio.pending_calls == 1
+    with pytest.raises(ValueError, match="max_pending_calls"):
+        async with open_asyncio_loop(max_pending_calls=0):
+            pass
+
+
+async def test_call_soon_after_close_is_refused_and_pending_calls_end_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    outcomes: list[Any] = []
+    cleaned = threading.Event()
+
+    async def endless() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.set()
+
+    async with open_asyncio_loop() as aio:
+        aio.call_soon(endless, on_done=outcomes.append)
+        aio.call_soon(endless)  # no on_done: a shutdown's cancellation is not an error to log
+        await aio.run(asyncio.sleep, 0)
+    assert cleaned.is_set()
+    with trio.fail_after(5):
+        while aio.pending_calls:  # the last report crosses just after the thread signalled its end
+            await trio.sleep(0.001)
+    [result] = outcomes
+    with pytest.raises(AsyncioCancelledError):
+        result.unwrap()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    with pytest.raises(trio.ClosedResourceError):
+        aio.call_soon(endless)
+    assert aio.pending_calls == 0 and aio.calls_refused == 0
+
+
+async def test_the_asyncio_loop_itself_is_not_handed_out() -> None:
+    async with open_asyncio_loop() as aio:
+        public = {name for name in dir(aio) if not name.startswith("_")}
+    assert public == {"run", "open_stream", "call_soon", "pending_calls", "calls_refused"}
+
+
 async def test_bridge_latency_per_message() -> None:
     """Time from the asyncio side yielding an item to trio receiving it, at a real-time pace (5 ms)."""
 

@@ -5,9 +5,13 @@ through a handle, :class:`AsyncioLoop`, obtained from :func:`open_asyncio_loop`:
 
     async with open_asyncio_loop() as aio:
         answer = await aio.run(some_asyncio_fn, arg)
+        aio.call_soon(some_fn_or_asyncio_fn, arg)     # fire and forget, FIFO, bounded
         async with aio.open_stream(some_async_generator_fn, arg, max_buffer=16) as messages:
             async for message in messages:
                 ...
+
+The handle is the whole surface: the asyncio loop object itself is not handed out, so nothing outside this module
+schedules onto it behind the bridge's back (and every call into it is bounded and accounted for).
 
 Rejected: trio-asyncio. Importing it patches asyncio for the whole process, ``open_loop()`` wraps errors in nested
 ExceptionGroups, and its ``aio_as_trio`` wrappers left the SDK's websocket open under a trio timeout (closed by GC
@@ -23,6 +27,12 @@ The traps this module is built around:
   never meet a full channel and the source is not read ahead of the consumer.
 * After each item the producer yields (``asyncio.sleep(0)``): websockets' ``recv()`` returns buffered frames without
   yielding, so a receive loop would otherwise starve the rest of the loop during a burst (p50 13-17 ms -> <1 ms).
+* Fire-and-forget calls (``call_soon``) are bounded: each pending call holds a callback in asyncio's unbounded ready
+  queue or a task, so a caller that spams (a browser sending gestures) would grow the loop without limit. Past
+  :data:`MAX_PENDING_CALLS` the call is refused with ``trio.WouldBlock`` and counted, like ``send_nowait`` on a full
+  channel; the caller drops it (lossy calls) or treats it as a failure (calls that must arrive). The trio thread
+  owns the bookkeeping (the pending calls and their tasks' strong references); the asyncio thread only reports
+  each call's end back through ``run_sync_soon``.
 * Cancellation crosses in both directions and waits, bounded, for the other side: a cancelled ``run()`` or a closed
   stream cancels the asyncio task and waits until its ``finally`` blocks have run, so an SDK session can send its
   close frame (a task that is merely abandoned ends up closed by websockets with 1011).
@@ -35,6 +45,7 @@ task is cancelled, or the server sees 1011).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -59,6 +70,10 @@ SHUTDOWN_TIMEOUT = 5.0
 # Default stream buffer: 16 Live messages (40 ms audio each) is 640 ms, enough to ride out a slow trio consumer. When
 # it is full the producer stops pulling; the SDK's websocket buffers, then TCP pushes back on the server.
 DEFAULT_MAX_BUFFER = 16
+# call_soon() calls scheduled and not yet finished, per loop; beyond this call_soon() raises trio.WouldBlock. Far above
+# what a well-behaved caller has in flight (the bitHuman renderer: a few gestures, an interrupt, a flush), low enough
+# that a flood costs nothing: the loop never holds more than this many of our callbacks and tasks.
+MAX_PENDING_CALLS = 64
 
 
 
@@ -73,15 +88,22 @@ def _to_trio(token: trio.lowlevel.TrioToken, fn: Callable[..., object], *args: o
 class AsyncioLoop:
     """Handle on the private asyncio loop. Get one from :func:`open_asyncio_loop`; valid inside its block only."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, token: trio.lowlevel.TrioToken, *,
+                 max_pending_calls: int = MAX_PENDING_CALLS) -> None:
         self._loop = loop
         self._token = token
         self._closed = False
+        # call_soon() bookkeeping, trio thread only: call id -> a box the asyncio thread puts the call's task in
+        # (the strong reference asyncio wants kept), removed when the trio thread hears the call has finished.
+        self._max_pending_calls = max_pending_calls
+        self._calls: dict[int, list[asyncio.Task[Any]]] = {}
+        self._call_ids = itertools.count()
+        self.calls_refused = 0  # call_soon() calls refused because max_pending_calls were pending
 
     @property
-    def asyncio_loop(self) -> asyncio.AbstractEventLoop:
-        """The asyncio loop itself, for ``call_soon_threadsafe`` style uses. Do not run it or close it."""
-        return self._loop
+    def pending_calls(self) -> int:
+        """call_soon() calls scheduled and not yet finished (as far as the trio thread has heard)."""
+        return len(self._calls)
 
     def _to_asyncio(self, fn: Callable[..., object], *args: object) -> None:
         """Schedule ``fn(*args)`` in the asyncio thread (FIFO with earlier calls)."""
@@ -128,6 +150,62 @@ class AsyncioLoop:
 
         self._to_asyncio(start)
         return cancel
+
+    def call_soon(
+        self,
+        fn: Callable[..., object],
+        *args: Any,
+        on_done: Callable[[outcome.Outcome[Any]], None] | None = None,
+    ) -> None:
+        """Schedule ``fn(*args)`` on the asyncio loop and return at once. Call it from the trio thread.
+
+        ``fn`` runs as a loop callback; if it returns a coroutine (``fn`` is an ``async def`` function) that is
+        started as a task right there. Calls start in the order they were made, FIFO with each other and with the
+        starts of ``run()`` and ``open_stream()`` (once started, tasks interleave at their awaits as asyncio does).
+
+        ``on_done(outcome)`` runs in the trio thread once the call (its task, for a coroutine) has finished; it must
+        not block. An asyncio-side cancellation (the loop shutting down) arrives as :class:`AsyncioCancelledError`.
+        Without ``on_done``, an error is logged at WARNING with its traceback, never lost; a cancellation is not
+        an error there.
+
+        When ``max_pending_calls`` calls are pending (scheduled and not yet finished) this raises ``trio.WouldBlock``
+        and counts the call in :attr:`calls_refused`; nothing was scheduled. Once the ``open_asyncio_loop()`` block
+        is being left it raises ``trio.ClosedResourceError``.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the asyncio loop is shutting down")
+        if len(self._calls) >= self._max_pending_calls:
+            self.calls_refused += 1
+            raise trio.WouldBlock
+        call_id = next(self._call_ids)
+        task_box: list[asyncio.Task[Any]] = []
+
+        def finished(result: outcome.Outcome[Any]) -> None:  # trio thread
+            del self._calls[call_id]
+            if isinstance(result, outcome.Error) and isinstance(result.error, asyncio.CancelledError):
+                result = outcome.Error(AsyncioCancelledError(f"{fn!r} was cancelled on the asyncio side"))
+            if on_done is not None:
+                try:
+                    on_done(result)
+                except Exception:  # a run_sync_soon callback must not raise: trio would crash
+                    logger.exception("on_done callback of %r failed", fn)
+            elif isinstance(result, outcome.Error) and not isinstance(result.error, AsyncioCancelledError):
+                error = result.error
+                logger.warning("asyncio call %r failed: %r", fn, error, exc_info=(type(error), error, error.__traceback__))
+
+        def task_finished(task: asyncio.Task[Any]) -> None:  # asyncio thread
+            _to_trio(self._token, finished, outcome.capture(task.result))
+
+        def start() -> None:  # asyncio thread
+            result = outcome.capture(fn, *args)
+            if isinstance(result, outcome.Value) and asyncio.iscoroutine(result.value):
+                task_box.append(self._loop.create_task(result.value))
+                task_box[0].add_done_callback(task_finished)
+            else:
+                _to_trio(self._token, finished, result)
+
+        self._to_asyncio(start)  # raises ClosedResourceError if the thread has ended: then nothing is pending
+        self._calls[call_id] = task_box
 
     async def _settle(self, done: trio.Event, cancel: Callable[[], None], what: object) -> None:
         """Cancel an asyncio task and wait, shielded and bounded, until it has finished (its finally blocks ran)."""
@@ -272,14 +350,19 @@ def _run_private_loop(main) -> None:
 
 
 @asynccontextmanager
-async def open_asyncio_loop(*, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> AsyncIterator[AsyncioLoop]:
+async def open_asyncio_loop(
+    *, shutdown_timeout: float = SHUTDOWN_TIMEOUT, max_pending_calls: int = MAX_PENDING_CALLS
+) -> AsyncIterator[AsyncioLoop]:
     """Start a private asyncio loop in a daemon thread for the duration of the block.
 
     The loop is ``asyncio.Runner(loop_factory=asyncio.SelectorEventLoop)``, so leaving the block gets Runner's
     cleanup: leftover tasks are cancelled and awaited, async generators finalized, the default executor shut down.
     That is waited for up to ``shutdown_timeout`` seconds (shielded); after that the thread is abandoned with a
-    warning (it is a daemon, so it cannot keep the process alive).
+    warning (it is a daemon, so it cannot keep the process alive). ``max_pending_calls`` bounds
+    :meth:`AsyncioLoop.call_soon`.
     """
+    if max_pending_calls < 1:
+        raise ValueError(f"max_pending_calls must be >= 1, got {max_pending_calls}")
     token = trio.lowlevel.current_trio_token()
     ready = trio.Event()
     stopped = trio.Event()
@@ -304,7 +387,7 @@ async def open_asyncio_loop(*, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> As
     await ready.wait()
     if "loop" not in handles:
         raise RuntimeError("the asyncio loop thread failed to start (see log)")
-    aio = AsyncioLoop(handles["loop"], token)
+    aio = AsyncioLoop(handles["loop"], token, max_pending_calls=max_pending_calls)
     try:
         yield aio
     finally:

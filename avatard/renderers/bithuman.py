@@ -26,15 +26,18 @@ not be asked; ``AccountStatusError``, ``TokenExpiredError``, ``TokenValidationEr
 ``RuntimeNotReadyError``; and the 3.x family ``AvatarError`` > ``InvalidAvatar``, ``NotSupported``,
 ``NotAuthorised``, ``Failed``. Found by experiment: ``create()`` authenticates *before* it reads the
 model, and network failures come out of libessence as a plain ``RuntimeError("auth_authenticate:
-curl_easy_perform: Couldn't resolve host name")``. So a garbage file would surface as a network or
-secret error; :func:`check_model_file` rejects it first, offline (the tests check that the SDK's own
-``bithuman.open()`` rejects every file it rejects).
+curl_easy_perform: Couldn't resolve host name")``. What those errors mean for avatard, and the offline
+model-file check that runs before ``create()``, are in :mod:`avatard.renderers.bithuman_errors`.
 
 How it fits avatard:
 
 * The SDK is asyncio-only; it runs on a private loop from :mod:`avatard.core.aio_bridge`, owned by
-  :meth:`BithumanRenderer.run`. Calls that must keep their order with the frame stream (``interrupt``,
-  ``flush``, gestures) are scheduled onto that loop FIFO and return at once, as the interface wants.
+  :meth:`BithumanRenderer.run`. Two objects, one per thread: :class:`BithumanRenderer` is the trio side
+  (the clock, the audio accounting), :class:`~avatard.renderers.bithuman_session.SdkSession` the asyncio
+  side (the runtime, the generation the SDK has seen, the frame generator); the bridge is the only way
+  from one to the other. Calls that must keep their order with pushes and the frame stream
+  (``interrupt``, ``flush``, gestures) go through ``aio.call_soon`` (FIFO, bounded) and return at once,
+  as the interface wants.
 * The SDK's ``run()`` paces frames itself (its docs speak of a "paced producer"; that cannot be verified
   here without a paid model), but the adapter holds each frame until its slot on our own clock
   (``start + index / fps``) anyway: harmless if the SDK paces, necessary if it does not. An unpaced SDK is
@@ -45,24 +48,28 @@ How it fits avatard:
   16 kHz if needed and re-packetized through a small FIFO, so an odd-sized chunk never breaks sync.
 * Interrupts: our generation moves at once; frames the SDK produced before it saw the interrupt are
   tagged with the old generation on the asyncio side and shown silent, and a push that had not reached
-  the SDK yet is discarded there (``push_audio`` returns False).
+  the SDK yet is discarded there (``push_audio`` returns False: False means an interrupt, nothing else).
 * Backpressure: ``push_audio`` waits while more than :data:`MAX_AHEAD_SECONDS` of audio is ahead of what
   the frames have played (the SDK's own input queue is unbounded).
 * Gestures: the SDK does not list a model's actions. With ``--agent-id``, the names come from bitHuman's
-  Dynamics API (:mod:`avatard.renderers.dynamics`) and only those are accepted; otherwise the list shows the common
-  bitHuman action names the built-in avatar also draws, and any action-shaped name
-  (:data:`ACTION_NAME`) is passed through, since each model brings its own actions.
-* Failures: :func:`startup_error` turns an SDK error at start-up into ConfigError (the model: exit 2),
-  RendererError (a refused secret: exit 1) or :class:`RendererFailed` (unreachable after retries, or
-  anything else: the built-in renderer takes over, see :mod:`avatard.renderers.fallback`). Mid-session,
-  every failure -- the stream raising or ending, no frame for :data:`STALL_TIMEOUT` -- is RendererFailed.
-  Messages are one line and never contain the secret; tracebacks go to the DEBUG log only.
+  Dynamics API (:mod:`avatard.renderers.dynamics`) and only those are accepted; otherwise the list shows
+  the common bitHuman action names the built-in avatar also draws, and any action-shaped name
+  (:data:`ACTION_NAME`) is passed through, since each model brings its own actions. Gestures are lossy:
+  beyond :data:`MAX_PENDING_GESTURES` on their way to the SDK they are dropped and counted
+  (``gestures_dropped``), so a flood cannot fill the bridge that interrupts need.
+* Failures: :func:`~avatard.renderers.bithuman_errors.startup_error` turns an SDK error at start-up into
+  ConfigError (the model: exit 2), RendererError (a refused secret: exit 1) or :class:`RendererFailed`
+  (unreachable after retries, or anything else: the built-in renderer takes over, see
+  :mod:`avatard.renderers.fallback`). Mid-session, every failure -- the stream raising or ending, no frame
+  for :data:`STALL_TIMEOUT`, an SDK call (push, flush, interrupt, gesture) raising, the bridge refusing an
+  interrupt or flush -- is RendererFailed: ``run()`` raises it, and so does ``push_audio`` (the push that
+  hit it and every later one), never False. Messages are one line and never contain the secret;
+  tracebacks go to the DEBUG log only.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import re
 
@@ -79,6 +86,8 @@ from ..core.latency import LatencyMeter
 from ..core.messages import Frame
 from ..errors import AsyncioCancelledError, ConfigError, RendererError, RendererFailed, UnknownGesture
 from .animator import mouth_target
+from .bithuman_errors import check_model_file, classify, describe, startup_error
+from .bithuman_session import SdkSession
 from .fallback import FallbackRenderer
 from .report import renderer_status
 from .speaking import SpeakingTracker, publish_frame
@@ -86,10 +95,6 @@ from .speech_buffer import MAX_AHEAD_SECONDS
 
 logger = logging.getLogger("avatard.bithuman")
 
-# An .imx is either an "IMX\0" container or (older models) a POSIX tar archive; the SDK's loader
-# (be_fixture_load) accepts exactly these two.
-IMX_MAGIC = b"IMX\x00"
-TAR_MAGIC_OFFSET, TAR_MAGIC = 257, b"ustar"
 # Authenticate and load a model of a few hundred MB on a slow edge CPU; past this the start has failed.
 CREATE_TIMEOUT = 120.0
 # The engine warms up on its first frame; a minute-long silence there is a broken install, not a slow one.
@@ -108,80 +113,12 @@ STREAM_BUFFER = 3
 MAX_FIFO_FRAMES = 3
 # Shutting the SDK down (producer, runtime, heartbeat) when the daemon stops: well inside its 2 s promise.
 CLOSE_TIMEOUT = 1.0
+# Gestures sent to the SDK and not yet done; more are dropped and counted (gestures_dropped). A person
+# clicking never has more than one or two in flight; a browser spamming the gesture message must not fill
+# the bridge's call_soon() bound (aio_bridge.MAX_PENDING_CALLS), which interrupts and flushes rely on.
+MAX_PENDING_GESTURES = 4
 # What a gesture ("action") name may look like when the model's list is unknown.
 ACTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MAX_REASON_CHARS = 300
-
-# What an SDK exception class means for us. classify() walks the exception's MRO, so the most specific
-# class listed decides. By name rather than isinstance, so it also reads a stand-in's or a moved class.
-_KIND_BY_CLASS = {
-    "TokenRequestError": "unreachable",  # the auth server could not be asked (the SDK says: retryable)
-    "AccountStatusError": "refused", "TokenExpiredError": "refused", "TokenValidationError": "refused",
-    "TokenError": "refused", "NotAuthorised": "refused",
-    "ModelNotFoundError": "model", "ModelLoadError": "model", "ModelSecurityError": "model",
-    "ModelError": "model", "InvalidAvatar": "model", "NotSupported": "model",
-    "Failed": "unreachable",  # "transient, or our fault. Retry" (its _Unreachable subclass is the network)
-    "ConnectionError": "unreachable", "TimeoutError": "unreachable", "OSError": "unreachable",
-}
-# libessence reports auth problems as RuntimeError text: curl failures first ("Connection refused" is
-# the network, not a refusal), then the service's answers.
-_UNREACHABLE_TEXT = re.compile(r"curl|cannot reach|could not be reached|resolve host|connect to server|timed? ?out", re.I)
-_REFUSED_TEXT = re.compile(r"HTTP 40[123]\b|refused by the service|rejected|unauthori[sz]ed|no credits", re.I)
-
-
-
-def check_model_file(path: str) -> None:
-    """Raise ConfigError (naming ``--model``) unless ``path`` looks like a bitHuman .imx model.
-
-    Offline and cheap (512 bytes): the SDK itself would authenticate over the network before it looked.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError as exc:
-        raise ConfigError(f"--model: cannot read {path}: {exc.strerror}") from None
-    if head.startswith(IMX_MAGIC) or head[TAR_MAGIC_OFFSET:TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
-        return
-    what = "the file is empty" if not head else "no IMX header and not a tar archive"
-    raise ConfigError(f"--model: {path} is not a bitHuman .imx model ({what})")
-
-
-def classify(exc: BaseException) -> str:
-    """``model``, ``refused``, ``unreachable`` or ``failed``: what an SDK error means for the operator."""
-    for cls in type(exc).__mro__:
-        kind = _KIND_BY_CLASS.get(cls.__name__)
-        if kind is not None:
-            return kind
-    text = str(exc)
-    if _UNREACHABLE_TEXT.search(text):
-        return "unreachable"
-    if _REFUSED_TEXT.search(text):
-        return "refused"
-    return "failed"
-
-
-def describe(exc: BaseException, secret: str | None = None) -> str:
-    """One line for a person: the SDK's own message (its classes prefix a ``[code]``), never the secret."""
-    text = " ".join(str(exc).split())
-    sdk_error = type(exc).__module__.startswith("bithuman") or isinstance(exc, RuntimeError)
-    if not text or not sdk_error:
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    if secret:
-        text = text.replace(secret, "***")
-    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + "..."
-
-
-def startup_error(exc: BaseException, *, model_path: str, secret: str | None) -> Exception:
-    """The avatard error for an SDK failure before the first frame (see the module docstring)."""
-    reason = describe(exc, secret)
-    kind = classify(exc)
-    if kind == "model":
-        return ConfigError(f"--model: bitHuman cannot use {model_path}: {reason}")
-    if kind == "refused":
-        return RendererError(f"bitHuman refused the API secret (--api-secret / BITHUMAN_API_SECRET): {reason}")
-    if kind == "unreachable":
-        return RendererFailed(f"cannot reach bitHuman to check the API secret: {reason}")
-    return RendererFailed(f"bitHuman failed to start: {reason}")
 
 
 def _import_sdk():
@@ -236,14 +173,18 @@ class BithumanRenderer:
         self.frames_dropped = 0  # the fan-out did not take a frame in time
         self._ticks: FrameClock | None = None
         self.audio_dropped = 0  # samples beyond MAX_FIFO_FRAMES, dropped to keep sync
+        self.gestures_dropped = 0  # beyond MAX_PENDING_GESTURES in flight
         self.last_frame: Frame | None = None
         self._gestures = sorted(GESTURES)
         self._gestures_from_agent = False
-        # trio side
+        # The trio side. The asyncio side is self._session, reached only through the bridge (self._aio).
         self._aio = None
-        self._runtime = None
-        self._ready = trio.Event()  # set once the runtime exists, or run() has ended (then _dead)
-        self._dead = False
+        self._session: SdkSession | None = None
+        self._ready = trio.Event()  # set once the runtime exists, or run() has ended
+        self._ended = trio.Event()  # run() has ended
+        self._failure: str | None = None  # why the SDK failed (then run() raises RendererFailed with it)
+        self._serving = trio.CancelScope()  # around the clock; _fail() cancels it
+        self._gestures_in_flight = 0
         self._generation = 0
         self._pushed = 0  # samples handed to the SDK ...
         self._played = 0  # ... and samples that came back in frames; the difference is what is ahead
@@ -252,9 +193,6 @@ class BithumanRenderer:
         self._fifo = np.zeros(0, dtype=np.int16)
         self._resamplers: dict[int, StreamResampler] = {}
         self._pending_gesture: str | None = None
-        # asyncio side (touched only in the asyncio thread once run() has started)
-        self._aio_generation = 0
-        self._aio_tasks: set = set()
 
     # -- the renderer interface ---------------------------------------------------------------------
 
@@ -275,10 +213,13 @@ class BithumanRenderer:
         return self._generation
 
     def status(self) -> dict:
-        return renderer_status(self, audio_dropped=self.audio_dropped)
+        return renderer_status(self, audio_dropped=self.audio_dropped, gestures_dropped=self.gestures_dropped)
 
     async def push_audio(self, samples: np.ndarray) -> bool:
-        """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it."""
+        """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it.
+
+        Raises RendererFailed if the SDK refused it or has failed otherwise (then run() raises it too).
+        """
         generation = self._generation
         samples = np.asarray(samples, dtype=np.int16)
         self._flushed = False
@@ -288,23 +229,26 @@ class BithumanRenderer:
                and self._pushed - self._played + len(samples) > self._max_ahead):
             self._space = trio.Event() if self._space.is_set() else self._space
             await self._space.wait()
+        self._raise_if_failed()
         if self._dead or generation != self._generation:
             return False
         self._pushed += len(samples)
         try:
-            pushed = await self._aio.run(self._push_in_asyncio, generation, samples.astype("<i2").tobytes())
+            pushed = await self._aio.run(self._session.push, generation, samples.astype("<i2").tobytes())
         except (trio.ClosedResourceError, AsyncioCancelledError):
-            return False  # the renderer is going away
+            await self._ended.wait()  # the loop is closing, so run() is ending: learn why
+            self._raise_if_failed()
+            return False  # the daemon is stopping
         except Exception as exc:
-            logger.warning("bitHuman refused audio: %s", describe(exc, self._api_secret))
-            logger.debug("push_audio failed", exc_info=True)
-            return False
+            logger.debug("bitHuman push_audio failed", exc_info=True)
+            self._fail(f"bitHuman refused audio: {describe(exc, self._api_secret)}")
+            self._raise_if_failed()
         return pushed and generation == self._generation
 
     def flush(self) -> None:
         """End of the turn: the SDK closes the utterance; once it has played, the avatar listens again."""
         self._flushed = True
-        self._call_in_asyncio(self._flush_in_asyncio, self._generation)
+        self._call("flush", self._generation)
 
     def interrupt(self) -> int:
         """Stop speaking now: the next frame is silent. Returns the samples discarded (as far as known)."""
@@ -316,17 +260,25 @@ class BithumanRenderer:
             resampler.reset()
         self._flushed = True
         self._space.set()
-        self._call_in_asyncio(self._interrupt_in_asyncio, self._generation)
+        self._call("interrupt", self._generation)
         return dropped
 
     def gesture(self, name: str) -> None:
-        """Play a bitHuman action; raises ``UnknownGesture`` (a ValueError) listing the known ones."""
+        """Play a bitHuman action; raises ``UnknownGesture`` (a ValueError) listing the known ones.
+
+        Lossy: with MAX_PENDING_GESTURES still on their way to the SDK, the gesture is dropped and counted.
+        """
         if self._gestures_from_agent and name not in self._gestures:
             raise UnknownGesture(name, self._gestures)
         if not ACTION_NAME.fullmatch(name):
             raise UnknownGesture(name, self._gestures, why="invalid gesture name")
-        self._pending_gesture = name
-        self._call_in_asyncio(self._gesture_in_asyncio, name)
+        if self._gestures_in_flight >= MAX_PENDING_GESTURES:
+            self.gestures_dropped += 1
+            logger.debug("gesture %r dropped: %d still on their way to bitHuman", name, self._gestures_in_flight)
+            return
+        if self._call("gesture", name):
+            self._gestures_in_flight += 1
+            self._pending_gesture = name
 
     async def run(self, frames: trio.MemorySendChannel, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Start the SDK, then be the clock: the SDK's frames at fps, forever.
@@ -340,22 +292,40 @@ class BithumanRenderer:
                     await self._fetch_gestures()
                 runtime = await self._create(aio, sdk)
                 try:
-                    await self._serve(aio, sdk, runtime, frames, task_status)
+                    with self._serving:  # cancelled by _fail(): an SDK call failed
+                        await self._serve(aio, sdk, runtime, frames, task_status)
                 finally:
                     with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                         try:
                             await aio.run(runtime.shutdown)
                         except Exception:
                             logger.debug("bitHuman shutdown failed", exc_info=True)
-        except (ConfigError, RendererError):  # the verdicts made above (RendererFailed is a RendererError)
+                raise RendererFailed(self._failure or "bitHuman stopped")  # _serve() never returns by itself
+        except (ConfigError, RendererError) as exc:  # the verdicts made above (RendererFailed is a RendererError)
+            self._failure = self._failure or str(exc)
             raise
         except Exception as exc:  # anything else (an SDK property, a bug here): fall back, one line, no traceback
             logger.debug("bitHuman renderer failed", exc_info=True)
-            raise RendererFailed(f"bitHuman renderer failed: {describe(exc, self._api_secret)}") from None
+            self._failure = self._failure or f"bitHuman renderer failed: {describe(exc, self._api_secret)}"
+            raise RendererFailed(self._failure) from None
         finally:
-            self._dead = True
+            self._ended.set()
             self._ready.set()
             self._space.set()
+
+    @property
+    def _dead(self) -> bool:
+        return self._ended.is_set()
+
+    def _fail(self, reason: str) -> None:
+        """An SDK call failed mid-session: stop serving; run() raises RendererFailed (the first reason wins)."""
+        if self._failure is None:
+            self._failure = reason
+        self._serving.cancel()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise RendererFailed(self._failure)
 
     # -- start-up -------------------------------------------------------------------------------------
 
@@ -394,10 +364,10 @@ class BithumanRenderer:
         if not 1 <= fps <= 60 or RATE % fps:
             raise ConfigError(f"--model: {self._model_path} renders at {fps} fps; avatard needs a rate that divides {RATE} (e.g. 20, 25)")
         self.fps, self.samples_per_frame = fps, RATE // fps
-        self._aio, self._runtime, self._video_control = aio, runtime, sdk.VideoControl
-        self._aio_generation = self._generation  # interrupts before now had nothing to reach
+        # Interrupts before now had nothing to reach: the session starts at the current generation.
+        self._aio, self._session = aio, SdkSession(runtime, sdk.VideoControl, generation=self._generation)
         self._ready.set()  # pushes may go now; the SDK queues them until its producer runs
-        async with aio.open_stream(self._frames_in_asyncio, max_buffer=STREAM_BUFFER) as stream:
+        async with aio.open_stream(self._session.frames, max_buffer=STREAM_BUFFER) as stream:
             tag, first = await self._next(stream, FIRST_FRAME_TIMEOUT)
             while first.bgr_image is None:  # a control-only frame: no size to learn yet
                 self._take_audio(tag, first)
@@ -492,58 +462,31 @@ class BithumanRenderer:
         publish_frame(self._events, frame)
         return frame
 
-    # -- the asyncio side (runs in the bridge's thread) ---------------------------------------------
+    # -- calls into the SDK's loop ------------------------------------------------------------------
 
-    def _call_in_asyncio(self, fn, *args) -> None:
-        """Schedule ``fn(*args)`` on the SDK's loop and return at once; calls keep their order, and an
-        async ``fn`` is started as a task there (through the bridge's loop handle: no asyncio import here)."""
-        if self._aio is None or self._dead:
-            return
+    def _call(self, what: str, *args) -> bool:
+        """Schedule ``session.<what>(*args)`` on the SDK's loop, FIFO with pushes, and return at once.
+
+        False if it was not scheduled: no session yet, the renderer has ended or failed, or the bridge is
+        full. A full bridge means the SDK's loop is not running our calls any more (gestures are capped far
+        below the bound): an interrupt or flush that cannot arrive is a failure, so fall back.
+        """
+        if self._session is None or self._dead or self._failure is not None:
+            return False
         try:
-            self._aio.asyncio_loop.call_soon_threadsafe(self._run_in_asyncio, fn, args)
-        except RuntimeError:
-            pass  # the loop is closed: the renderer is going away
-
-    def _run_in_asyncio(self, fn, args) -> None:  # asyncio thread
-        what = fn.__name__.strip("_").removesuffix("_in_asyncio")
-        try:
-            result = fn(*args)
-            if inspect.iscoroutine(result):
-                task = self._aio.asyncio_loop.create_task(result)
-                self._aio_tasks.add(task)  # the loop keeps only weak references to tasks
-                task.add_done_callback(functools.partial(self._task_done, what))
-        except Exception as exc:
-            logger.warning("bitHuman %s failed: %s", what, describe(exc, self._api_secret))
-
-    def _task_done(self, what: str, task) -> None:  # asyncio thread
-        self._aio_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("bitHuman %s failed: %s", what, describe(task.exception(), self._api_secret))
-
-    async def _push_in_asyncio(self, generation: int, data: bytes) -> bool:
-        if generation < self._aio_generation:
-            return False  # an interrupt got here first
-        await self._runtime.push_audio(data, RATE, last_chunk=False)
+            self._aio.call_soon(getattr(self._session, what), *args, on_done=functools.partial(self._call_done, what))
+        except trio.ClosedResourceError:
+            return False  # the loop is closing: run() is ending
+        except trio.WouldBlock:
+            self._fail(f"bitHuman is not taking calls: {what} refused with {self._aio.pending_calls} pending")
+            return False
         return True
 
-    async def _flush_in_asyncio(self, generation: int) -> None:
-        if generation >= self._aio_generation:
-            await self._runtime.flush()
-
-    def _interrupt_in_asyncio(self, generation: int) -> None:
-        self._aio_generation = generation
-        self._runtime.interrupt()
-
-    async def _gesture_in_asyncio(self, name: str) -> None:
-        await self._runtime.push(self._video_control(action=name))
-
-    async def _frames_in_asyncio(self):
-        """The SDK's frames, each tagged with the generation current when it came out."""
-        frames = self._runtime.run()
-        try:
-            async for video_frame in frames:
-                yield self._aio_generation, video_frame
-        finally:
-            aclose = getattr(frames, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    def _call_done(self, what: str, result) -> None:  # trio thread, from the bridge
+        if what == "gesture":
+            self._gestures_in_flight -= 1
+        error = getattr(result, "error", None)
+        if error is None or isinstance(error, AsyncioCancelledError):  # cancelled: the loop is closing
+            return
+        logger.debug("bitHuman %s failed", what, exc_info=(type(error), error, error.__traceback__))
+        self._fail(f"bitHuman {what} failed: {describe(error, self._api_secret)}")

@@ -12,8 +12,10 @@ When the primary fails:
   built-in renderer starts in its place with the configured size and fps, and ``nursery.start`` sees it
   start; errors the operator must fix (a bad model, a refused secret) are not :class:`RendererFailed`
   and stop the daemon instead, with one line;
-* mid-session (a crash, a stalled engine, a refused credit check), the built-in renderer continues with
-  the primary's size and fps, so sinks that fixed their geometry at start-up (the recorder) keep working.
+* mid-session (a crash, a stalled engine, a refused credit check, an SDK call that raised: the primary
+  raises RendererFailed from ``run()`` and from the ``push_audio`` that hit it), the built-in renderer
+  continues with the primary's size and fps, so sinks that fixed their geometry at start-up (the
+  recorder) keep working.
 
 Either way there is one warning in the log, a ``status`` event ``renderer_fallback`` (with ``reason``),
 and ``name`` becomes ``builtin (fallback)``, which ``avatarctl status`` shows. Speech queued in the failed
@@ -64,6 +66,7 @@ class FallbackRenderer:
         self._active = primary
         self._generation_offset = 0
         self._forward_dropped = 0
+        self._switched = trio.Event()  # the built-in renderer is active
         self.fallback_reason: str | None = None
 
     # -- the renderer interface, delegated --------------------------------------------------------
@@ -121,7 +124,19 @@ class FallbackRenderer:
         return renderer_status(self, fallback_reason=self.fallback_reason)
 
     async def push_audio(self, samples) -> bool:
-        return await self._active.push_audio(samples)
+        """Delegated; when the primary raises RendererFailed, wait for the switch, then False.
+
+        The chunk went down with the primary, and the switch counts as an interrupt (module docstring);
+        the next push goes to the built-in renderer. A failing built-in renderer has nothing behind it.
+        """
+        active = self._active
+        try:
+            return await active.push_audio(samples)
+        except RendererFailed:
+            if active is not self._primary:
+                raise
+            await self._switched.wait()  # run() sees the same failure and hands over
+            return False
 
     def flush(self) -> None:
         self._active.flush()
@@ -155,6 +170,7 @@ class FallbackRenderer:
         was_speaking = primary.speaking
         self._fallback = fallback
         self._active = fallback
+        self._switched.set()
         self.fallback_reason = reason
         self._events.publish("status", status="renderer_fallback", renderer="builtin", reason=reason)
         if mid_session and was_speaking:
