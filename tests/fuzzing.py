@@ -47,6 +47,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from avatard.core.frame_clock import MIN_GAP_FRACTION
+
 # -- the protocol facts the judges rely on (docs/protocol.md, avatard.protocol.control) -------------------------
 
 FPS = 25
@@ -758,7 +760,7 @@ class FrameReport:
     seconds: float  # between the first and the last frame seen
     missing: int  # frames never seen, counted from the timestamp gaps
     longest_gap: int  # most consecutive frames missing
-    irregular: int  # timestamp steps that are not a whole number of frame periods
+    irregular: int  # timestamp steps that are neither whole frame periods nor a re-phase (see report())
     closed: str | None  # why the watcher's connection ended, if it did
 
     def problems(self, max_gap: int = 2) -> list[str]:
@@ -768,7 +770,7 @@ class FrameReport:
         if self.longest_gap > max_gap:
             found.append(f"{self.longest_gap} consecutive frames missing (limit {max_gap}); {self.missing} in all")
         if self.irregular:
-            found.append(f"{self.irregular} timestamp steps are not whole frame periods")
+            found.append(f"{self.irregular} timestamp steps are neither whole frame periods nor a re-phase")
         if self.closed:
             found.append(f"connection ended: {self.closed}")
         return found
@@ -808,12 +810,15 @@ class FrameWatcher:
         missing = longest = irregular = 0
         for a, b in zip(stamps, stamps[1:]):
             steps = (b - a) / PERIOD
-            whole = round(steps)
-            if whole < 1 or abs(steps - whole) > 0.05:
+            # A step is whole periods (k - 1 frames missed), or a re-phase: the clock moved its grid on an
+            # interrupt or a speech start, so the step ends early by a fraction -- never below the clock's
+            # minimum gap (avatard/core/frame_clock.py).
+            whole = math.floor(steps + 0.05)
+            if steps < MIN_GAP_FRACTION - 0.01:
                 irregular += 1
                 continue
-            missing += whole - 1
-            longest = max(longest, whole - 1)
+            missing += max(whole, 1) - 1
+            longest = max(longest, max(whole, 1) - 1)
         return FrameReport(len(stamps), stamps[-1] - stamps[0] if stamps else 0.0, missing, longest, irregular,
                            self.closed)
 

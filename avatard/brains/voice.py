@@ -37,7 +37,11 @@ def first_phrase(text: str) -> tuple[str, str]:
 
 async def synthesize(text: str) -> np.ndarray:
     """espeak-ng in a worker thread (it blocks for a few ms per sentence)."""
-    return await trio.to_thread.run_sync(tts.synthesize, text)
+    samples = await trio.to_thread.run_sync(tts.synthesize, text)
+    # The thread is not cancellable and returns normally: an interrupt that came meanwhile must stop the
+    # caller here, before it pushes speech of the interrupted turn into the next generation.
+    await trio.lowlevel.checkpoint_if_cancelled()
+    return samples
 
 
 async def play(renderer, samples: np.ndarray, *, end_of_turn: bool = True) -> bool:

@@ -2,7 +2,7 @@
 
 The renderer is the clock and the sound card has its own; between them sits a small ring of samples.
 A fan-out sink task writes each frame's audio into the ring; PortAudio's callback, on its own thread,
-reads one block (20 ms) at a time. Neither side ever waits for the other:
+reads one block (10 ms) at a time. Neither side ever waits for the other:
 
 - the callback finds too little in the ring (an underrun): it plays what there is, then silence, and
   waits for :data:`PREFILL_SECONDS` of audio before playing again, so one late frame costs one gap
@@ -13,7 +13,12 @@ reads one block (20 ms) at a time. Neither side ever waits for the other:
   callback watches the lowest fill over each :data:`TRIM_WINDOW_SECONDS` and drops what is above
   :data:`MARGIN_SECONDS`. A jitter buffer that only ever grew would leave the voice late for good.
 
-All three are counted. An interrupt empties the ring synchronously (a ``hub.on_interrupt`` hook), so the
+- speech arrives while the ring holds only silence (the avatar was idle): the queued silence beyond
+  :data:`MARGIN_SECONDS` is skipped, so the first word plays within one block plus the device's buffer
+  instead of behind idle frames. (The renderer re-phases its clock when speech starts, so the speech
+  frame comes early; without the skip that frame's extra 40 ms would pile up in the ring.)
+
+All of these are counted. An interrupt empties the ring synchronously (the hub calls ``flush``), so the
 very next callback plays silence: speech stops within one block plus the device's own buffer.
 """
 
@@ -32,9 +37,9 @@ from . import devices
 
 logger = logging.getLogger("avatard.speaker")
 
-BLOCK_SECONDS = 0.02  # one callback's worth: the granularity at which an interrupt reaches the card
+BLOCK_SECONDS = 0.01  # one callback's worth: an interrupt reaches the card within one block + its latency
 # One frame (at 25 fps) must be queued before playback starts or resumes: frames arrive 40 ms apart
-# while the card takes 20 ms blocks, so with less the ring runs dry between frames on every jitter.
+# while the card takes 10 ms blocks, so with less the ring runs dry between frames on every jitter.
 PREFILL_SECONDS = 0.04
 # Four frames of room: absorbs a burst after a scheduling hiccup; beyond it the speaker would lag the
 # picture noticeably, so the oldest audio goes instead.
@@ -47,9 +52,9 @@ TRIM_WINDOW_SECONDS = 1.0
 # Frames waiting for the writer task; it only copies samples, so falling behind means the process is
 # starved and dropping (counted by the fan-out) beats playing stale audio late.
 SINK_BUFFER = 4
-# PortAudio's suggested output latency: two blocks. The callback is Python and competes for the GIL
-# with drawing and encoding, so one block of slack is the least that rides out a busy moment; it is
-# also what still plays after an interrupt. (PulseAudio through ALSA grants 40 ms at the least.)
+# PortAudio's suggested output latency: four blocks. The callback is Python and competes for the GIL
+# with drawing and encoding, so some slack rides out a busy moment; it is also what still plays after
+# an interrupt. (PulseAudio through ALSA grants 40 ms at the least.)
 DEVICE_LATENCY = 0.04
 
 
@@ -71,23 +76,37 @@ class SampleRing:
         self.overflows = 0  # writes that had to drop old samples
         self.dropped_samples = 0
         self.trimmed_samples = 0  # dropped because the ring stayed fuller than the margin
+        self.skipped_silence = 0  # queued silence dropped when speech started
+        self._written = 0  # samples ever written; those taken out since (read, trimmed, dropped) = written - count
+        self._speech_end = 0  # self._written just after the last non-silent sample
 
     def write(self, samples: np.ndarray) -> None:
         capacity = len(self._buffer)
         with self._lock:
+            if samples.any() and self._written - self._count >= self._speech_end:
+                # Only silence queued: skip it down to the margin so the first word is not behind it.
+                skip = max(0, self._count - self._margin)
+                self._drop_oldest(skip)
+                self.skipped_silence += skip
             excess = self._count + len(samples) - capacity
             if excess > 0:
                 self.overflows += 1
                 self.dropped_samples += excess
                 samples = samples[max(0, len(samples) - capacity):]
-                queued_excess = self._count + len(samples) - capacity
-                self._start = (self._start + queued_excess) % capacity
-                self._count -= queued_excess
+                self._drop_oldest(self._count + len(samples) - capacity)
             end = (self._start + self._count) % capacity
             first = min(len(samples), capacity - end)
             self._buffer[end:end + first] = samples[:first]
             self._buffer[:len(samples) - first] = samples[first:]
             self._count += len(samples)
+            self._written += len(samples)
+            voiced = np.flatnonzero(samples)
+            if voiced.size:
+                self._speech_end = self._written - (len(samples) - 1 - int(voiced[-1]))
+
+    def _drop_oldest(self, n: int) -> None:
+        self._start = (self._start + n) % len(self._buffer)
+        self._count -= n
 
     def read_into(self, out: np.ndarray) -> None:
         """Fill ``out`` with the oldest samples, padding with silence; never blocks for long."""

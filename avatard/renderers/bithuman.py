@@ -261,6 +261,8 @@ class BithumanRenderer:
         self._flushed = True
         self._space.set()
         self._call("interrupt", self._generation)
+        if self._ticks is not None:
+            self._ticks.rephase()  # the next frame (silent: the FIFO is empty) goes out now
         return dropped
 
     def gesture(self, name: str) -> None:
@@ -401,12 +403,24 @@ class BithumanRenderer:
             if video_frame.bgr_image is None:
                 self._take_audio(tag, video_frame)
             else:
+                if self._starts_speech(tag, video_frame):
+                    self._ticks.rephase()  # the answer's first frame goes out now, not at the next tick
                 frame = self._render(tag, video_frame, *await self._ticks.next_tick())
                 try:
                     frames.send_nowait(frame)
                 except trio.WouldBlock:
                     self.frames_dropped += 1  # as in the built-in renderer: the clock never waits
             tag, video_frame = await self._next(stream, self._stall_timeout)
+
+    def _starts_speech(self, tag: int, video_frame) -> bool:
+        """Whether this SDK frame brings back the first speech of a turn while the avatar is idle.
+
+        The re-phase can only happen here, once the SDK has turned the pushed audio into a frame: how long
+        the SDK takes for that is its own (the adapter pushes at once and cannot see inside it).
+        """
+        chunk = video_frame.audio_chunk
+        return (not self.speaking and tag >= self._generation and self._pushed > self._played
+                and chunk is not None and bool(np.any(chunk.data)))
 
     def _take_audio(self, tag: int, video_frame) -> None:
         """Move the frame's audio (16 kHz) into the FIFO if it is current speech."""
