@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 
-# Libraries whose DEBUG output includes HTTP headers (API keys) or is too chatty to be useful.
-QUIET_LOGGERS = ("websockets", "httpx", "httpcore", "google_genai", "trio-websocket")
+# Libraries whose DEBUG output includes HTTP headers (API keys, Vertex bearer tokens), token requests (google-auth
+# logs its requests and responses, urllib3 its connections) or is too chatty to be useful.
+QUIET_LOGGERS = ("websockets", "httpx", "httpcore", "google_genai", "trio-websocket", "google.auth", "urllib3")
 REDACTED = "***"
 
 
