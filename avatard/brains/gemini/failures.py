@@ -31,15 +31,23 @@ FIELD = re.compile(r"""Unknown name "([\w.]+)"|at '([\w.\[\]]+)'""")
 
 
 def retryable_errors() -> tuple[type[BaseException], ...]:
+    """Errors that end one connection attempt; :func:`refusal` says which of them end the retries too."""
+    import google.auth.exceptions
     import websockets.exceptions
     from google.genai import errors
-    # asyncio.TimeoutError is TimeoutError only from Python 3.11 on.
+    # asyncio.TimeoutError is TimeoutError only from Python 3.11 on. GoogleAuthError: Vertex's bearer token is
+    # fetched before each connection (an unreachable token endpoint is a TransportError, retried).
     return (errors.APIError, OSError, websockets.exceptions.WebSocketException, TimeoutError, asyncio.TimeoutError,
-            AsyncioCancelledError)
+            AsyncioCancelledError, google.auth.exceptions.GoogleAuthError)
 
 
 def refusal(reason, *, established: bool, model: str) -> str | None:
     """The failure line if ``reason`` (how a connection attempt ended) means retrying cannot help, else None."""
+    import google.auth.exceptions
+    if isinstance(reason, google.auth.exceptions.RefreshError) and not reason.retryable:
+        # The token endpoint said no (invalid_grant: a revoked or deleted service-account key). Its answer names
+        # the error, never the private key or a token.
+        return f"Google Cloud credentials refused: {reason}"
     code = getattr(reason, "code", None)
     if established or code not in FATAL_CLOSE_CODES:
         return None
