@@ -12,9 +12,20 @@ the real google-genai client connects to, speaking the wire protocol described i
 What it imitates, and where that comes from:
 
 * Path: one or more leading slashes + ``ws/google.ai.generativelanguage.{v1,v1beta,v1alpha}.GenerativeService.
-  BidiGenerateContent`` (or ``...Constrained`` with ``Authorization: Token <key>``); anything else is HTTP 404.
-* The first frame must be ``setup``; the API key (``x-goog-api-key``) and the model are checked after it, as the
-  real service does, closing with 1008 "API key not valid..." or 1008 "models/X is not found...".
+  BidiGenerateContent`` (or ``...Constrained`` with ``Authorization: Token <key>``), or Vertex AI's
+  ``ws/google.cloud.aiplatform.{v1,v1beta1}.LlmBidiService/BidiGenerateContent`` with ``Authorization: Bearer
+  <token>``, where the token must be one the server's own TLS token endpoint (:attr:`token_uri`) issued for a JWT
+  signed by a service account the test trusts (:meth:`trust_service_account`); anything else is HTTP 404.
+* The first frame must be ``setup``; the API key (or bearer token) and the model are checked after it, as the
+  real service does, closing with 1008 "API key not valid..." or 1008 "models/X is not found..." (Vertex:
+  "Publisher Model `projects/...` not found."). Only the ids of :data:`SERVED_MODELS` are served; retired ids
+  (:data:`RETIRED_MODELS`) and unknown ones are "not found".
+* Each served id has its generation's rules (:class:`ServerGeneration`, from ``gemini_live_2026.md``): setup
+  fields the generation refuses close with 1007 naming the field; 3.1 refuses ``client_content`` user turns
+  after its first answer (1007); 3.x send audio and its transcript in one message, a usage-only message before
+  each answer and the turn's end, usage and resumption handle in one message; 3.8 runs function calls
+  NON_BLOCKING unless declared ``BLOCKING``, and a response without ``scheduling: SILENT`` makes the model answer
+  again (a follow-up turn in :attr:`conversations`).
 * Client frames use snake_case top-level keys and camelCase inner keys (the SDK mixes them); both are accepted.
   Bytes are URL-safe base64 (pydantic); both alphabets are decoded. Server frames are binary JSON, like the real
   service, with standard base64 audio.

@@ -107,8 +107,8 @@ class GeminiBrain:
         self._receiver.gesture(name)
 
     async def run(self, inputs: trio.MemoryReceiveChannel, controls, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self._receiver = Receiver(generation=self.generation, events=self._events, speech=self._speech,
-                                  transcripts=self._transcripts, outbox=self._outbox, controls=controls, name=self.name)
+        self._receiver = Receiver(generation=self.generation, speech=self._speech, transcripts=self._transcripts,
+                                  outbox=self._outbox, controls=controls, name=self.name)
         async with open_asyncio_loop() as aio, trio.open_nursery() as nursery:
             nursery.start_soon(self._intake, inputs)
             nursery.start_soon(self._say_worker)

@@ -15,7 +15,6 @@ import re
 
 import trio
 
-from ...core.events import EventBus
 from . import tools
 from .generations import Generation
 from .outbox import Outbox
@@ -42,10 +41,9 @@ class Receiver:
     Lives as long as the brain: the resumption handle, token counts and the open turn carry across connections.
     """
 
-    def __init__(self, *, generation: Generation, events: EventBus, speech: ModelSpeech, transcripts: Transcripts,
-                 outbox: Outbox, controls, name: str) -> None:
+    def __init__(self, *, generation: Generation, speech: ModelSpeech, transcripts: Transcripts, outbox: Outbox,
+                 controls, name: str) -> None:
         self._generation = generation
-        self._events = events
         self._speech = speech
         self._transcripts = transcripts
         self._outbox = outbox

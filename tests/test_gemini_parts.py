@@ -1,0 +1,94 @@
+"""The Gemini brain's pure parts, synchronously: the generations table, the retry decision, the outbox."""
+
+import pytest
+import trio
+from google.genai import errors, types
+
+from avatard.brains.gemini import failures
+from avatard.brains.gemini.generations import CLIENT_CONTENT, GENERATIONS, NEWEST, REALTIME_TEXT, generation_for
+from avatard.brains.gemini.outbox import AUDIO, OUTBOX_AUDIO, OUTBOX_TURNS, TEXT, TOOL, Outbox
+
+
+@pytest.mark.parametrize("model, name, typed", [
+    ("gemini-3.8-live", "3.8 Live", CLIENT_CONTENT),
+    ("models/gemini-3.8-live-extended-thinking", "3.8 Live", CLIENT_CONTENT),
+    ("gemini-3.1-flash-live-preview", "3.1 Flash Live", REALTIME_TEXT),
+    ("gemini-3.1-flash-live-002", "3.1 Flash Live", REALTIME_TEXT),
+    ("gemini-2.5-flash-native-audio-preview-12-2025", "2.5 native audio", CLIENT_CONTENT),
+    ("gemini-live-2.5-flash-native-audio", "2.5 native audio", CLIENT_CONTENT),
+])
+def test_known_ids_get_their_generations_rules(model, name, typed):
+    generation, known = generation_for(model)
+    assert known and generation.name == name and generation.typed_turn == typed
+
+
+def test_unknown_ids_get_the_newest_rules():
+    assert generation_for("gemini-4.0-live") == (NEWEST, False)
+    assert NEWEST is GENERATIONS[0] and NEWEST.non_blocking_tools and NEWEST.thinking is None
+
+
+def test_no_generation_sends_a_field_it_refuses():
+    for generation in GENERATIONS:
+        assert not (generation.thinking is not None and "thinking_config" in generation.refuses), generation.name
+
+
+def api_error(code: int, message: str) -> errors.APIError:
+    return errors.APIError(code, {"error": {"message": message, "status": ""}})
+
+
+def test_not_found_names_the_model_and_the_current_ids():
+    reason = api_error(1008, "models/gemini-x is not found for API version v1beta, or is not supported for bidi")
+    failure = failures.refusal(reason, established=False, model="gemini-x")
+    assert "'gemini-x' is not served" in failure and "gemini-3.8-live" in failure
+
+
+def test_a_refused_setup_field_is_named():
+    reason = api_error(1007, 'Invalid JSON payload received. Unknown name "thinkingConfig" at \'setup.generation_config\'')
+    assert "setup field 'thinkingConfig' refused" in failures.refusal(reason, established=False, model="m")
+
+
+def test_only_setup_refusals_stop_the_retries():
+    assert failures.refusal(api_error(1008, "GoAway deadline missed"), established=True, model="m") is None
+    assert failures.refusal(api_error(1011, "Internal error occurred."), established=False, model="m") is None
+    assert failures.refusal("go_away", established=True, model="m") is None
+    assert failures.refusal(api_error(1008, "API key not valid."), established=False, model="m") == "1008: API key not valid."
+
+
+def test_backoff_grows_and_is_capped():
+    assert 0.25 <= failures.backoff(1) <= 0.75
+    assert failures.backoff(30) <= failures.BACKOFF_MAX * 1.5
+
+
+async def test_outbox_order_bounds_and_cancellation():
+    outbox = Outbox()
+    assert outbox.put_audio(b"a0") and outbox.put_turn("hello")
+    assert (await outbox.next()).kind == TEXT  # turns go before audio
+    responses = [types.FunctionResponse(id="1", name="trigger_gesture", response={}),
+                 types.FunctionResponse(id="2", name="trigger_gesture", response={})]
+    outbox.put_tool_responses(responses)
+    assert (await outbox.next()).kind == TOOL  # tool responses jump the queue
+    assert outbox.cancel_tool_responses({"1"}) == 1 and [r.id for r in (await outbox.next()).payload] == ["2"]
+    assert outbox.cancel_tool_responses({"2"}) == 1
+    turn = await outbox.next()
+    outbox.sent(turn)
+    assert (await outbox.next()).kind == AUDIO
+    for _ in range(OUTBOX_TURNS):
+        assert outbox.put_turn("more")
+    assert not outbox.put_turn("one too many")
+    for n in range(OUTBOX_AUDIO):
+        outbox.put_audio(bytes([n % 256]))
+    assert outbox.audio_dropped == 1
+
+
+async def test_outbox_waits_until_something_arrives():
+    outbox = Outbox()
+    with trio.move_on_after(0.1) as scope:
+        await outbox.next()
+    assert scope.cancelled_caught
+    async def put_later():
+        await trio.sleep(0.01)
+        outbox.put_turn("now")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put_later)
+        assert (await outbox.next()).payload == "now"
