@@ -42,6 +42,11 @@ def test_not_found_names_the_model_and_the_current_ids():
     assert "'gemini-x' is not served" in failure and "gemini-3.8-live" in failure
 
 
+def test_a_vertex_not_found_cut_at_the_close_frame_limit_is_recognised():
+    reason = api_error(1008, "Publisher Model `projects/p/locations/us-central1/publishers/google/models/gemini-2.5-fl")
+    assert "is not served" in failures.refusal(reason, established=False, model="gemini-2.5-fl")
+
+
 def test_a_refused_setup_field_is_named():
     reason = api_error(1007, 'Invalid JSON payload received. Unknown name "thinkingConfig" at \'setup.generation_config\'')
     assert "setup field 'thinkingConfig' refused" in failures.refusal(reason, established=False, model="m")

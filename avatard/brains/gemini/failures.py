@@ -23,8 +23,10 @@ FATAL_CLOSE_CODES = frozenset({1007, 1008})
 BACKOFF_FIRST = 0.5  # seconds before the first reconnect attempt after a drop
 BACKOFF_MAX = 30.0  # cap: a long outage is retried every ~30 s, forever
 # The real service's "not found" reason (Gemini API): "models/X is not found for API version v1beta, or is not
-# supported for bidiGenerateContent. ..."; Vertex says "Publisher Model `...` was not found or ...".
-NOT_FOUND = re.compile(r"not (?:be )?found", re.IGNORECASE)
+# supported for bidiGenerateContent. ..."; Vertex: "Publisher Model `projects/.../models/X` not found." A close
+# reason is cut at 123 bytes (RFC 6455), and Vertex's long model path can push "not found" past the cut, so its
+# "Publisher Model" prefix counts too.
+NOT_FOUND = re.compile(r"not (?:be )?found|^(?:\d+ \w+\. )?Publisher Model", re.IGNORECASE)
 # How the real service names a field it refuses: 'Unknown name "thinkingConfig" at ...' (protobuf JSON), or
 # "Invalid value at 'setup.generation_config.thinking_config'".
 FIELD = re.compile(r"""Unknown name "([\w.]+)"|at '([\w.\[\]]+)'""")
