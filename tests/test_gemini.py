@@ -14,7 +14,7 @@ import attrs
 import numpy as np
 import pytest
 import trio
-from gemini_live_server import GEN_3_8, SERVED_MODELS, GeminiLiveTestServer
+from gemini_live_server import GEN_2_5, GEN_3_1, GEN_3_8, SERVED_MODELS, GeminiLiveTestServer
 from wsclient import Client, open_client, samples
 
 from avatard.brains import tts
@@ -378,11 +378,13 @@ def test_unknown_model_id_gets_the_newest_rules(daemon_factory):
         ask_and_wait_answer(daemon, "second turn")
 
 
-def test_refused_setup_field_fails_at_once_naming_it(daemon_factory):
-    """A server that moved a 2.5 id to 3.8 rules refuses the 2.5 thinking_config: stop, and say which field."""
-    model = MODELS["2.5"]
-    with GeminiLiveTestServer(models={model: GEN_3_8}) as live:
-        daemon = daemon_factory(*Backend(live, "2.5").args(), env=GEMINI_ENV)
+@pytest.mark.parametrize("generation, served_as", [("2.5", GEN_3_8), ("2.5", GEN_3_1), ("3.1", GEN_2_5)])
+def test_refused_setup_field_fails_at_once_naming_it(generation, served_as, daemon_factory):
+    """A server that serves an id under another generation's rules refuses the thinking knob avatard sends for it
+    (3.8: none at all, 3.1: no thinking_budget, 2.5: no thinking_level): stop, and say which field."""
+    model = MODELS[generation]
+    with GeminiLiveTestServer(models={model: served_as}) as live:
+        daemon = daemon_factory(*Backend(live, generation).args(), env=GEMINI_ENV)
         wait_brain(daemon, "failed")
         failure = daemon.status()["brain_failure"]
         assert "thinkingConfig" in failure and model in failure and "1007" in failure

@@ -69,8 +69,7 @@ GENERATIONS: tuple[Generation, ...] = (
     ),
     Generation(
         name="2.5 native audio",
-        models=("gemini-2.5-flash-native-audio-preview-12-2025", "gemini-live-2.5-flash-native-audio",
-                "gemini-2.5-flash-native-audio-preview-09-2025"),
+        models=("gemini-2.5-flash-native-audio-preview-12-2025", "gemini-live-2.5-flash-native-audio"),
         prefixes=("gemini-2.5-", "gemini-live-2.5-"),
         typed_turn=CLIENT_CONTENT,
         thinking={"thinking_budget": 0},  # thinking_budget; 0 = answer without thinking, the quickest first audio
