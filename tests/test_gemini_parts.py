@@ -97,3 +97,86 @@ async def test_outbox_waits_until_something_arrives():
     async with trio.open_nursery() as nursery:
         nursery.start_soon(put_later)
         assert (await outbox.next()).payload == "now"
+
+
+# -- the receiver, fed real LiveServerMessages ------------------------------------------------------------------------
+
+
+class FakeRenderer:
+    def __init__(self):
+        self.pushed, self.flushes = 0, 0
+
+    async def push_audio(self, samples):
+        self.pushed += len(samples)
+        return True
+
+    def flush(self):
+        self.flushes += 1
+
+
+class FakeControls:
+    def __init__(self):
+        self.gestures, self.interrupts = [], []
+
+    def gesture(self, name, source):
+        self.gestures.append(name)
+
+    def interrupt(self, source):
+        self.interrupts.append(source)
+
+
+def make_receiver(model="gemini-3.8-live"):
+    import prometheus_client
+
+    from avatard.brains.gemini.receiver import Receiver
+    from avatard.brains.gemini.speech import ModelSpeech
+    from avatard.brains.gemini.transcripts import Transcripts
+    from avatard.brains.keyword_gestures import KeywordGestures
+    from avatard.core.events import EventBus
+    from avatard.core.latency import LatencyMeter
+    events, renderer, controls, outbox = EventBus(), FakeRenderer(), FakeControls(), Outbox()
+    latency = LatencyMeter(events, prometheus_client.CollectorRegistry())
+    transcripts = Transcripts(events, KeywordGestures(cooldown=0), lambda name: controls.gesture(name, "test"))
+    generation, _ = generation_for(model)
+    receiver = Receiver(generation=generation, speech=ModelSpeech(renderer, latency), transcripts=transcripts,
+                        outbox=outbox, controls=controls, name="gemini")
+    return receiver, renderer, controls, outbox, transcripts
+
+
+def message(**fields) -> types.LiveServerMessage:
+    return types.LiveServerMessage.model_validate(fields)
+
+
+AUDIO_PART = {"inline_data": {"data": b"\x10\x00" * 960, "mime_type": "audio/pcm;rate=24000"}}
+
+
+async def test_every_field_of_one_message_is_handled():
+    receiver, renderer, controls, outbox, _ = make_receiver()
+    await receiver.handle_message(message(server_content={}, usage_metadata={"prompt_token_count": 7}))
+    assert not receiver.turn_open and receiver.prompt_tokens == 7, "a usage-only message is not a turn"
+    await receiver.handle_message(message(
+        tool_call={"function_calls": [{"id": "c1", "name": "trigger_gesture", "args": {"gesture": "nod_agree"}}]},
+        server_content={"model_turn": {"parts": [AUDIO_PART, AUDIO_PART]}, "output_transcription": {"text": "Sure"}}))
+    assert controls.gestures == ["nod_agree"] and receiver.turn_open
+    assert renderer.pushed > 640, "both parts played (less the resampler's filter delay)"
+    (response,) = (await outbox.next()).payload
+    assert response.id == "c1" and response.scheduling == types.FunctionResponseScheduling.SILENT
+    await receiver.handle_message(message(
+        server_content={"generation_complete": True, "turn_complete": True},
+        usage_metadata={"prompt_token_count": 3, "response_token_count": 11},
+        session_resumption_update={"new_handle": "h2", "resumable": True}))
+    assert not receiver.turn_open and receiver.handle == "h2"
+    assert (receiver.prompt_tokens, receiver.response_tokens) == (10, 11)
+
+
+async def test_a_cancelled_call_is_not_answered_and_blocking_generations_get_no_scheduling():
+    receiver, _, _, outbox, _ = make_receiver("gemini-3.1-flash-live-preview")
+    await receiver.handle_message(message(
+        tool_call={"function_calls": [{"id": "c1", "name": "trigger_gesture", "args": {"gesture": "nod_agree"}},
+                                      {"id": "c2", "name": "launch_rockets", "args": {}}]}))
+    responses = (await outbox.next()).payload
+    assert [r.scheduling for r in responses] == [None, None] and responses[1].response["ok"] is False
+    await receiver.handle_message(message(tool_call_cancellation={"ids": ["c1", "c2"]}))
+    with trio.move_on_after(0.05) as scope:
+        await outbox.next()
+    assert scope.cancelled_caught, "nothing left to send"

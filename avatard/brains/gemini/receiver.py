@@ -16,6 +16,7 @@ import re
 import trio
 
 from . import tools
+from .failures import retryable_errors
 from .generations import Generation
 from .outbox import Outbox
 from .speech import ModelSpeech
@@ -62,7 +63,6 @@ class Receiver:
         After a ``goAway`` the old connection still works for ``time_left``: an answer in progress is
         finished on it (up to :data:`GO_AWAY_MARGIN` before the deadline) rather than cut, then we resume.
         """
-        from .failures import retryable_errors
         draining = trio.CancelScope()
         try:
             with draining:
