@@ -143,8 +143,15 @@ def test_text_turn_speaks_with_transcripts_and_latency(gemini_daemon, backend, l
 
 def test_five_typed_turns_in_a_row_each_answered(gemini_daemon, backend, live):
     """3.1 refuses client_content after the first answer (close 1007): typed turns must go as realtime text."""
+    watcher = gemini_daemon.control()
+    watcher.request("subscribe", events=["transcription", "frame"])
     for n in range(1, 6):
-        ask_and_wait_answer(gemini_daemon, f"typed turn number {n}")
+        text = f"typed turn number {n}"
+        assert gemini_daemon.ctl("ask", text).returncode == 0
+        events = watcher.events_until(lambda e: e["event"] == "transcription" and e["role"] == "assistant"
+                                      and e["is_final"] and text in e["text"], 20)
+        heard = [e for e in events if e["event"] == "frame" and e["speaking"] and e["rms"] > 300]
+        assert len(heard) > 10, f"turn {n} was heard"
     (conversation,) = live.conversations.values()
     assert [e["text"] for e in conversation if e["role"] == "user"] == [f"typed turn number {n}" for n in range(1, 6)]
     assert all(e["status"] == "complete" for e in conversation if e["role"] == "model")
