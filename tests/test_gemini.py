@@ -419,8 +419,14 @@ def test_vertex_secrets_never_appear(api_server, daemon_factory, tmp_path):
     """Debug logging, status, metrics: neither the service-account key nor a bearer token, though both were used."""
     backend = Backend(api_server, "3.8", vertex=True)
     backend.credentials, backend.private_key = write_service_account(api_server, tmp_path)
-    daemon = daemon_factory(*backend.args("--log-level", "debug"), env=backend.env)
+    # Vertex chosen by the SDK's own environment variables this time, not by flags.
+    vertex_flags = ("--vertex", "--gcp-project", VERTEX_PROJECT, "--gcp-location", VERTEX_LOCATION)
+    args = [arg for arg in backend.args("--log-level", "debug") if arg not in vertex_flags]
+    env = {**backend.env, "GOOGLE_GENAI_USE_VERTEXAI": "true", "GOOGLE_CLOUD_PROJECT": VERTEX_PROJECT,
+           "GOOGLE_CLOUD_LOCATION": VERTEX_LOCATION}
+    daemon = daemon_factory(*args, env=env)
     wait_brain(daemon, "connected")
+    assert f"Vertex AI ({VERTEX_PROJECT}, {VERTEX_LOCATION})" in daemon.log()
     ask_and_wait_answer(daemon, "is this private")
     tokens = api_server.bearer_tokens
     assert tokens and api_server.sessions[0].api_key in tokens, "the socket carried a token the endpoint issued"
