@@ -124,6 +124,11 @@ def status(state: State) -> None:
     p95 = {k: v for k, v in (reply.get("latency_p95_ms") or {}).items() if v is not None}
     if p95:
         lines.append("p95:        " + ", ".join(f"{name.replace('_', ' ')} {value} ms" for name, value in p95.items()))
+    if reply.get("brain_failure"):
+        lines.append(f"failure:    {reply['brain_failure']}")
+    if reply.get("gemini_model"):
+        lines.append(f"model:      {reply['gemini_model']} ({reply.get('gemini_rules')} rules), tokens: "
+                     f"{reply.get('prompt_tokens', 0)} prompt, {reply.get('response_tokens', 0)} response")
     if reply.get("server"):
         lines.append(f"server:     {reply['server']}")
     click.echo("\n".join(lines))

@@ -15,6 +15,7 @@ import dotenv
 from .config import (
     BARGE_IN,
     BRAINS,
+    DEFAULT_GCP_LOCATION,
     DEFAULT_GEMINI_MODEL,
     DEFAULT_INSTRUCTIONS,
     LOG_FORMATS,
@@ -33,7 +34,8 @@ OPTIONS = [
     ("--api-secret", ["BITHUMAN_API_SECRET"], dict(help="bitHuman API secret (never logged).")),
     ("--gemini-api-key", ["GOOGLE_API_KEY", "GEMINI_API_KEY"], dict(help="Google AI API key; enables the Gemini brain (never logged).")),
     ("--agent-id", ["BITHUMAN_AGENT_ID"], dict(help="bitHuman agent id, for its gestures (dynamics).")),
-    ("--gemini-model", ["AVATARD_GEMINI_MODEL"], dict(default=DEFAULT_GEMINI_MODEL, show_default=True, help="Gemini Live model (any string is accepted).")),
+    ("--gemini-model", ["AVATARD_GEMINI_MODEL"], dict(default=DEFAULT_GEMINI_MODEL, show_default=True,
+                                                      help="Gemini Live model; any id is accepted (unknown ids get the newest generation's rules).")),
     ("--gemini-voice", ["AVATARD_GEMINI_VOICE"], dict(default="Puck", show_default=True, help="Gemini prebuilt voice, e.g. Puck, Charon, Kore, Fenrir, Aoede.")),
     ("--instructions", ["AVATARD_INSTRUCTIONS"], dict(default=DEFAULT_INSTRUCTIONS, help="System instructions for Gemini.")),
     ("--audio-file", ["BITHUMAN_AUDIO_PATH"], dict(help="Audio file to use as the user's voice.")),
@@ -49,7 +51,7 @@ OPTIONS = [
     ("--renderer", ["AVATARD_RENDERER"], dict(type=click.Choice(RENDERERS), default="auto", show_default=True,
                                              help="auto = bithuman when --model and --api-secret are set, else builtin.")),
     ("--brain", ["AVATARD_BRAIN"], dict(type=click.Choice(BRAINS), default="auto", show_default=True,
-                                       help="auto = gemini when a Google key is set, else local (offline voice + echo).")),
+                                       help="auto = gemini when a Google key is set or --vertex with a project, else local (offline voice + echo).")),
     ("--control-socket", ["AVATARD_SOCKET"], dict(help="Control socket path [default: $RUNTIME_DIRECTORY/avatard.sock, "
                                                         "else $XDG_RUNTIME_DIR/avatard.sock, else /tmp/avatard-$UID.sock].")),
     ("--size", ["AVATARD_SIZE"], dict(default="512x512", show_default=True, help="Built-in avatar frame size, WIDTHxHEIGHT.")),
@@ -61,6 +63,11 @@ OPTIONS = [
     ("--gemini-base-url", ["GEMINI_BASE_URL"], dict(help="Live API endpoint (proxy, regional endpoint) [default: the SDK's; "
                                                          "GOOGLE_GEMINI_BASE_URL also works].")),
     ("--gemini-ca-file", ["GEMINI_CA_FILE"], dict(help="Extra CA certificate (PEM) to trust for the Live API, added to the default trust.")),
+    ("--vertex", ["GOOGLE_GENAI_USE_VERTEXAI"], dict(is_flag=True, help="Use Gemini through Vertex AI (needs --gcp-project; "
+                                                                       "credentials from GOOGLE_APPLICATION_CREDENTIALS / ADC).")),
+    ("--gcp-project", ["GOOGLE_CLOUD_PROJECT"], dict(help="Google Cloud project for Vertex AI.")),
+    ("--gcp-location", ["GOOGLE_CLOUD_LOCATION"], dict(default=DEFAULT_GCP_LOCATION, show_default=True,
+                                                       help="Google Cloud location (region) for Vertex AI.")),
     ("--gestures-file", ["AVATARD_GESTURES_FILE"], dict(help='Keyword gestures, JSON or TOML: {"mode": "extend"|"replace", "keywords": {gesture: [words]}}.')),
     ("--gesture-cooldown", ["AVATARD_GESTURE_COOLDOWN"], dict(type=float, default=3.0, show_default=True,
                                                              help="Seconds before the same keyword gesture fires again.")),

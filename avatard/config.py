@@ -8,6 +8,7 @@ the flag, so start-up fails with one readable line.
 from __future__ import annotations
 
 import os
+import re
 
 import attrs
 
@@ -21,8 +22,15 @@ GEMINI_VOICES = (
     "Puck", "Pulcherrima", "Rasalgethi", "Sadachbia", "Sadaltager", "Schedar", "Sulafat", "Umbriel",
     "Vindemiatrix", "Zephyr", "Zubenelgenubi",
 )
-# The seed's default, gemini-2.0-flash-exp, has been retired by Google; this is a current Live model.
-DEFAULT_GEMINI_MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
+# Google's current stable Live model (released 2026-09-15, "the default option for most low-latency voice agent
+# experiences"); the rules of each model generation live in avatard.brains.gemini.generations.
+DEFAULT_GEMINI_MODEL = "gemini-3.8-live"
+# Vertex AI's regional endpoint used when --gcp-location is not given (Live models are served there).
+DEFAULT_GCP_LOCATION = "us-central1"
+# Project ids: 6-30 lowercase letters, digits, hyphens (resourcemanager docs), legacy ones with a "domain:" prefix;
+# locations are region names like us-central1, or "global". Both go into URLs, so nothing else is accepted.
+GCP_PROJECT_RE = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+GCP_LOCATION_RE = re.compile(r"[a-z]+(?:-[a-z0-9]+)*")
 DEFAULT_INSTRUCTIONS = "You are a friendly assistant. Keep your answers short and conversational."
 RENDERERS = ("auto", "builtin", "bithuman")
 BRAINS = ("auto", "gemini", "local")
@@ -76,6 +84,13 @@ def _voice(instance, attribute, value):
         raise ConfigError(f"--gemini-voice: unknown voice {value!r}; known: {', '.join(GEMINI_VOICES)}")
 
 
+def _matches(flag: str, pattern: re.Pattern, example: str):
+    def check(instance, attribute, value):
+        if value is not None and not pattern.fullmatch(value):
+            raise ConfigError(f"{flag}: {value!r} is not valid (e.g. {example})")
+    return check
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"512x512"`` -> ``(512, 512)``; raises ConfigError naming ``--size``."""
     try:
@@ -125,6 +140,11 @@ class Config:
     allow_origin: tuple[str, ...] = ()
     gemini_base_url: str | None = None
     gemini_ca_file: str | None = attrs.field(default=None, validator=_path_exists("--gemini-ca-file"))
+    # Vertex AI: the project and location; credentials come from Application Default Credentials.
+    vertex: bool = False
+    gcp_project: str | None = attrs.field(default=None, validator=_matches("--gcp-project", GCP_PROJECT_RE, "my-project-123"))
+    gcp_location: str = attrs.field(default=DEFAULT_GCP_LOCATION,
+                                    validator=_matches("--gcp-location", GCP_LOCATION_RE, "us-central1"))
     gestures_file: str | None = attrs.field(default=None, validator=_path_exists("--gestures-file"))
     gesture_cooldown: float = attrs.field(default=3.0, validator=_in_range("--gesture-cooldown", 0, 3600))
 
@@ -133,8 +153,11 @@ class Config:
             raise ConfigError("--renderer: bithuman needs --model and --api-secret (or BITHUMAN_MODEL_PATH and BITHUMAN_API_SECRET)")
         if self.model is not None and not self.model.endswith(".imx"):
             raise ConfigError(f"--model: {self.model} is not a bitHuman .imx model")
-        if self.brain == "gemini" and not self.gemini_api_key:
-            raise ConfigError("--brain: gemini needs --gemini-api-key (or GOOGLE_API_KEY / GEMINI_API_KEY)")
+        if self.vertex and not self.gcp_project:
+            raise ConfigError("--vertex: needs --gcp-project (or GOOGLE_CLOUD_PROJECT)")
+        if self.brain == "gemini" and not (self.gemini_api_key or self.vertex):
+            raise ConfigError("--brain: gemini needs --gemini-api-key (or GOOGLE_API_KEY / GEMINI_API_KEY), "
+                              "or --vertex with --gcp-project")
         if self.gemini_base_url is not None and not self.gemini_base_url.startswith(("https://", "http://")):
             raise ConfigError(f"--gemini-base-url: {self.gemini_base_url!r} is not an http(s) URL")
         if self.audio_file is not None and not os.access(self.audio_file, os.R_OK):
@@ -149,10 +172,10 @@ class Config:
 
     @property
     def brain_kind(self) -> str:
-        """The brain actually used: ``auto`` picks Gemini when a Google key is set."""
+        """The brain actually used: ``auto`` picks Gemini when a Google key or a Vertex project is set."""
         if self.brain != "auto":
             return self.brain
-        return "gemini" if self.gemini_api_key else "local"
+        return "gemini" if self.gemini_api_key or self.vertex else "local"
 
     @property
     def samples_per_frame(self) -> int:

@@ -47,3 +47,7 @@ class TtsError(AvatardError):
 
 class AsyncioCancelledError(AvatardError):
     """An asyncio task was cancelled from the asyncio side, not by trio (usually: the loop is shutting down)."""
+
+
+class BrainFailed(AvatardError):
+    """The brain cannot work until the operator changes something (credentials, model, setup); not retried."""

@@ -11,8 +11,10 @@ import json
 import logging
 import sys
 
-# Libraries whose DEBUG output includes HTTP headers (API keys) or is too chatty to be useful.
-QUIET_LOGGERS = ("websockets", "httpx", "httpcore", "google_genai", "trio-websocket")
+# Libraries whose DEBUG output includes HTTP headers (API keys, Vertex bearer tokens) or is too chatty to be useful.
+# google-auth's request/response logging (_helpers.request_log) hashes tokens and does not propagate unless the
+# "google" logger is configured; it and urllib3 (the token endpoint's connections) are held at INFO all the same.
+QUIET_LOGGERS = ("websockets", "httpx", "httpcore", "google_genai", "trio-websocket", "google.auth", "urllib3")
 REDACTED = "***"
 
 

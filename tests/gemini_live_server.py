@@ -12,9 +12,20 @@ the real google-genai client connects to, speaking the wire protocol described i
 What it imitates, and where that comes from:
 
 * Path: one or more leading slashes + ``ws/google.ai.generativelanguage.{v1,v1beta,v1alpha}.GenerativeService.
-  BidiGenerateContent`` (or ``...Constrained`` with ``Authorization: Token <key>``); anything else is HTTP 404.
-* The first frame must be ``setup``; the API key (``x-goog-api-key``) and the model are checked after it, as the
-  real service does, closing with 1008 "API key not valid..." or 1008 "models/X is not found...".
+  BidiGenerateContent`` (or ``...Constrained`` with ``Authorization: Token <key>``), or Vertex AI's
+  ``ws/google.cloud.aiplatform.{v1,v1beta1}.LlmBidiService/BidiGenerateContent`` with ``Authorization: Bearer
+  <token>``, where the token must be one the server's own TLS token endpoint (:attr:`token_uri`) issued for a JWT
+  signed by a service account the test trusts (:meth:`trust_service_account`); anything else is HTTP 404.
+* The first frame must be ``setup``; the API key (or bearer token) and the model are checked after it, as the
+  real service does, closing with 1008 "API key not valid..." or 1008 "models/X is not found..." (Vertex:
+  "Publisher Model `projects/...` not found."). Only the ids of :data:`SERVED_MODELS` are served; retired ids
+  (:data:`RETIRED_MODELS`) and unknown ones are "not found".
+* Each served id has its generation's rules (:class:`ServerGeneration`, from ``gemini_live_2026.md``): setup
+  fields the generation refuses close with 1007 naming the field; 3.1 refuses ``client_content`` user turns
+  after its first answer (1007); 3.x send audio and its transcript in one message, a usage-only message before
+  each answer and the turn's end, usage and resumption handle in one message; 3.8 runs function calls
+  NON_BLOCKING unless declared ``BLOCKING``, and a response without ``scheduling: SILENT`` makes the model answer
+  again (a follow-up turn in :attr:`conversations`).
 * Client frames use snake_case top-level keys and camelCase inner keys (the SDK mixes them); both are accepted.
   Bytes are URL-safe base64 (pydantic); both alphabets are decoded. Server frames are binary JSON, like the real
   service, with standard base64 audio.
@@ -56,6 +67,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -71,7 +83,14 @@ logger = logging.getLogger("avatard.tests.gemini_live_server")
 PATH_RE = re.compile(
     r"^/+ws/google\.ai\.generativelanguage\.(?P<version>v1|v1beta|v1alpha)"
     r"\.GenerativeService\.(?P<method>BidiGenerateContent|BidiGenerateContentConstrained)$"
+    # Vertex AI (google-genai live.py: f'{base_url}/ws/google.cloud.aiplatform.{version}.LlmBidiService/...').
+    r"|^/+ws/google\.cloud\.aiplatform\.(?P<vertex_version>v1|v1beta1)\.LlmBidiService/BidiGenerateContent$"
 )
+# The setup's model on Vertex: projects/{project}/locations/{location}/publishers/google/models/{model}.
+VERTEX_MODEL_RE = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/publishers/google/models/(?P<model>[^/]+)")
+TOKEN_PATH = "/token"  # the local OAuth 2.0 token endpoint (a service account's token_uri)
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+TOKEN_LIFETIME = 3600  # seconds, as Google's token endpoint grants
 
 OUTPUT_RATE = 24_000  # model audio: s16le mono at 24 kHz, as the real service sends
 OUTPUT_MIME = f"audio/pcm;rate={OUTPUT_RATE}"
@@ -86,11 +105,69 @@ DEFAULT_VAD_THRESHOLD = 500  # RMS of s16 samples; silence is 0, a -20 dBFS tone
 
 CLOSE_REASON_MAX_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 BAD_KEY_REASON = "API key not valid. Please pass a valid API key."
+VERTEX_BAD_TOKEN_REASON = "Request had invalid authentication credentials. Expected OAuth 2 access token."
+# 3.1 Flash Live: client_content is only for seeding history (history_config.initial_history_in_client_content).
+CLIENT_CONTENT_REFUSED_REASON = "Invalid argument: client_content is only for initial history; send realtime_input.text"
 GO_AWAY_CLOSE_CODE = 1008
 GO_AWAY_CLOSE_REASON = (
     "Connection aborted because the client failed to close the connection after receiving a GoAway signal "
     "once the session duration expired"
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerGeneration:
+    """How the real service treats one generation of models (gemini_live_2026.md, "How the generations differ").
+
+    Written from the spec, independently of avatard's own table, so a wrong row in either shows up as a failure.
+    """
+
+    name: str
+    # client_content with a user turn is refused with 1007 once the model has answered (3.1: typed turns must go
+    # through realtime_input.text; client_content only seeds history).
+    client_content_after_answer: bool
+    # Setup fields refused with 1007: (where in the setup, field name on the wire, predicate on its value).
+    refused: tuple[tuple[str, str, Callable[[Any], bool]], ...]
+    multipart: bool  # audio and its transcript in one message; usage-only messages; turnComplete with usage
+    non_blocking_tools: bool  # calls run NON_BLOCKING unless declared BLOCKING; responses may carry scheduling
+
+
+GEN_2_5 = ServerGeneration(
+    name="2.5", client_content_after_answer=True,
+    refused=(("generation_config", "thinking_config", lambda value: _field(value, "thinking_level") is not None),),
+    multipart=False, non_blocking_tools=False,
+)
+GEN_3_1 = ServerGeneration(
+    name="3.1", client_content_after_answer=False,
+    refused=(
+        ("generation_config", "enable_affective_dialog", lambda value: True),
+        ("", "proactivity", lambda value: True),
+        ("generation_config", "thinking_config", lambda value: _field(value, "thinking_budget") is not None),
+    ),
+    multipart=True, non_blocking_tools=False,
+)
+GEN_3_8 = ServerGeneration(
+    name="3.8", client_content_after_answer=True,
+    refused=(
+        ("generation_config", "thinking_config", lambda value: True),
+        ("generation_config", "enable_affective_dialog", lambda value: True),
+        ("", "proactivity", lambda value: _field(value, "proactive_audio") is False),
+    ),
+    multipart=True, non_blocking_tools=True,
+)
+# Model ids the server serves (models page, deprecations page), and the generation each belongs to.
+SERVED_MODELS: dict[str, ServerGeneration] = {
+    "gemini-3.8-live": GEN_3_8,
+    "gemini-3.8-live-extended-thinking": GEN_3_8,
+    "gemini-3.1-flash-live-preview": GEN_3_1,
+    "gemini-2.5-flash-native-audio-preview-12-2025": GEN_2_5,
+    "gemini-live-2.5-flash-native-audio": GEN_2_5,
+}
+# Ids Google has shut down or superseded; any other id is unknown. Both get "not found".
+RETIRED_MODELS = frozenset({
+    "gemini-2.5-flash-native-audio-preview-09-2025", "gemini-2.0-flash-live-001", "gemini-live-2.5-flash-preview",
+    "gemini-2.0-flash-exp",
+})
 
 
 def _truncate_reason(reason: str) -> str:
@@ -175,6 +252,7 @@ class SessionRecord:
     id: str  # "conn_1", ...
     path: str
     api_version: str | None = None
+    vertex: bool = False
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     api_key: str | None = None
     setup: dict[str, Any] | None = None
@@ -239,7 +317,11 @@ class _Conn:
     def __init__(self, ws: ServerConnection, record: SessionRecord) -> None:
         self.ws = ws
         self.record = record
-        self.functions: set[str] = set()
+        self.functions: dict[str, str] = {}  # declared function -> its behavior ("" when not declared)
+        self.generation: ServerGeneration = GEN_3_8
+        self.vertex = False
+        self.answered = False  # the model has started a turn on this connection
+        self.non_blocking_calls: dict[str, str] = {}  # NON_BLOCKING call id -> function name, until answered
         self.modalities: list[str] = ["AUDIO"]
         self.input_transcription = False
         self.output_transcription = False
@@ -269,7 +351,7 @@ class GeminiLiveTestServer:
         self,
         *,
         valid_keys: set[str] | frozenset[str] = frozenset({"test-key"}),
-        known_models: set[str] | Callable[[str], bool] | None = None,
+        models: dict[str, ServerGeneration] | None = None,
         reply: Callable[[str], str] | None = None,
         ms_per_char: float = DEFAULT_MS_PER_CHAR,
         realtime: bool = True,
@@ -280,7 +362,8 @@ class GeminiLiveTestServer:
         max_size: int | None = 1 << 20,
     ) -> None:
         """
-        known_models: model names without "models/"; a set, or a predicate. Default: anything starting "gemini".
+        models: model id (without "models/") -> the generation whose rules the server applies to it. Default:
+            SERVED_MODELS; anything else (RETIRED_MODELS included) is refused with 1008 "not found".
         reply: the answer text for a user turn's text. Default: "You said: <text>".
         ms_per_char: spoken length of the reply, so audio duration = len(reply) * ms_per_char.
         realtime: pace the reply in real time (40 ms per audio chunk); False sends it as fast as possible.
@@ -289,12 +372,7 @@ class GeminiLiveTestServer:
         tool_timeout: how long an answer waits for the tool response before going on without it.
         """
         self.valid_keys = set(valid_keys)
-        if known_models is None:
-            self._model_ok: Callable[[str], bool] = lambda name: name.startswith("gemini")
-        elif callable(known_models):
-            self._model_ok = known_models
-        else:
-            self._model_ok = set(known_models).__contains__
+        self.models = dict(SERVED_MODELS if models is None else models)
         self.reply = reply or (lambda text: f"You said: {text}")
         self.ms_per_char = ms_per_char
         self.realtime = realtime
@@ -321,6 +399,12 @@ class GeminiLiveTestServer:
         self._conv_ids = itertools.count(1)
         self._drop_countdown: int | None = None
         self._reject_setups: list[tuple[int, str]] = []
+        self._usage: dict[str, int] = {"prompt": 0, "response": 0}  # tokens reported in usageMetadata
+        # Vertex: the service accounts whose JWTs the token endpoint accepts (client_email -> public key) and the
+        # bearer tokens it issued.
+        self._service_accounts: dict[str, Any] = {}
+        self._bearer_tokens: set[str] = set()
+        self.token_port: int | None = None
 
         self._live: dict[str, _Conn] = {}  # server loop only
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -380,6 +464,8 @@ class GeminiLiveTestServer:
                 max_size=self.max_size,
             ) as server:
                 self.port = next(iter(server.sockets)).getsockname()[1]
+                token_server = await asyncio.start_server(self._token_endpoint, "127.0.0.1", 0, ssl=server_ctx)
+                self.token_port = token_server.sockets[0].getsockname()[1]
                 self._ready.set()
                 await self._stop.wait()
         except BaseException as exc:
@@ -391,6 +477,11 @@ class GeminiLiveTestServer:
     @property
     def base_url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def token_uri(self) -> str:
+        """The OAuth 2.0 token endpoint for a service account's ``token_uri`` (same TLS CA as the Live server)."""
+        return f"https://127.0.0.1:{self.token_port}{TOKEN_PATH}"
 
     def client_ssl_context(self) -> ssl.SSLContext:
         """certifi's CAs plus this server's CA: pass as ``HttpOptions(async_client_args={"ssl": ctx})``."""
@@ -445,6 +536,23 @@ class GeminiLiveTestServer:
         """
         with self._cond:
             return copy.deepcopy(self._conversations)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Tokens reported so far in usageMetadata: {"prompt": n, "response": n}."""
+        with self._cond:
+            return dict(self._usage)
+
+    @property
+    def bearer_tokens(self) -> set[str]:
+        """Access tokens the token endpoint issued."""
+        with self._cond:
+            return set(self._bearer_tokens)
+
+    def trust_service_account(self, client_email: str, public_key: Any) -> None:
+        """Accept JWT grants signed by ``public_key`` (a cryptography RSA public key) for ``client_email``."""
+        with self._cond:
+            self._service_accounts[client_email] = public_key
 
     @property
     def handles(self) -> list[str]:
@@ -536,6 +644,69 @@ class GeminiLiveTestServer:
         with self._cond:
             self._reject_setups.extend([(code, reason)] * n)
 
+    # --- the Vertex token endpoint (server loop) -------------------------------------------------------------------
+
+    async def _token_endpoint(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """OAuth 2.0 JWT-bearer grant (RFC 7523), as google-auth's service-account credentials use it: POST
+        ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<RS256 JWT>`` to ``token_uri``. The JWT
+        must be signed by a trusted service account's key, name Google's token endpoint as ``aud`` and not be expired."""
+        status, body = 400, {"error": "invalid_request"}
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            headers = dict(line.split(":", 1) for line in header_lines if ":" in line)
+            length = int({k.strip().lower(): v.strip() for k, v in headers.items()}.get("content-length", "0"))
+            form = urllib.parse.parse_qs((await reader.readexactly(length)).decode())
+            method, path, _ = request_line.split(" ", 2)
+            if method != "POST" or path != TOKEN_PATH:
+                status, body = 404, {"error": "not_found"}
+            elif form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+                body = {"error": "unsupported_grant_type"}
+            elif (problem := self._check_jwt((form.get("assertion") or [""])[0])) is not None:
+                body = {"error": "invalid_grant", "error_description": problem}
+            else:
+                token = f"ya29.test-{uuid.uuid4().hex}"
+                with self._cond:
+                    self._bearer_tokens.add(token)
+                    self._changed()
+                status, body = 200, {"access_token": token, "expires_in": TOKEN_LIFETIME, "token_type": "Bearer"}
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
+            pass
+        payload = json.dumps(body).encode()
+        writer.write(f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+        try:
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+    def _check_jwt(self, assertion: str) -> str | None:
+        """None if the assertion is a valid RS256 JWT from a trusted service account for this endpoint."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+        try:
+            header_b64, claims_b64, signature_b64 = assertion.split(".")
+            header, claims = json.loads(_b64decode(header_b64)), json.loads(_b64decode(claims_b64))
+            signature = _b64decode(signature_b64)
+        except (ValueError, binascii.Error):
+            return "malformed assertion"
+        with self._cond:
+            key = self._service_accounts.get(claims.get("iss"))
+        if header.get("alg") != "RS256" or key is None:
+            return "unknown service account or algorithm"
+        try:
+            key.verify(signature, f"{header_b64}.{claims_b64}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            return "bad signature"
+        # google-auth always names Google's endpoint as the audience, whatever the token_uri (service_account.py,
+        # _make_authorization_grant_assertion: "The audience must be the auth token endpoint's URI").
+        if claims.get("aud") != GOOGLE_TOKEN_AUDIENCE or claims.get("exp", 0) < time.time():
+            return "wrong audience or expired"
+        return None
+
     # --- connection handling (server loop) -------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Any) -> Any:
@@ -549,14 +720,18 @@ class GeminiLiveTestServer:
         match = PATH_RE.match(ws.request.path.partition("?")[0])
         assert match is not None  # _process_request refused anything else
         headers = {k.lower(): v for k, v in ws.request.headers.raw_items()}
+        vertex = match["vertex_version"] is not None
         api_key = headers.get("x-goog-api-key")
-        if match["method"] == "BidiGenerateContentConstrained":
+        if vertex:
+            api_key = headers.get("authorization", "").removeprefix("Bearer ") or None
+        elif match["method"] == "BidiGenerateContentConstrained":
             api_key = headers.get("authorization", "").removeprefix("Token ") or None
         with self._cond:
             record = SessionRecord(
                 id=f"conn_{next(self._conn_ids)}",
                 path=ws.request.path,
-                api_version=match["version"],
+                api_version=match["version"] or match["vertex_version"],
+                vertex=vertex,
                 headers=headers,
                 api_key=api_key,
             )
@@ -564,7 +739,7 @@ class GeminiLiveTestServer:
             self._changed()
         conn = _Conn(ws, record)
         try:
-            if await self._handshake(conn, match["version"]):
+            if await self._handshake(conn, record.api_version):
                 self._live[record.id] = conn
                 await self._serve(conn)
         except ConnectionClosed:
@@ -621,20 +796,34 @@ class GeminiLiveTestServer:
             reject = self._reject_setups.pop(0) if self._reject_setups else None
             conversation = self._handles.get(handle) if handle else None
             self._changed()
-        if conn.record.api_key not in self.valid_keys:
-            await ws.close(1008, BAD_KEY_REASON)
+        conn.vertex = record.vertex
+        with self._cond:
+            authorized = record.api_key in (self._bearer_tokens if record.vertex else self.valid_keys)
+        if not authorized:
+            # Vertex: a choice made here (the real service may refuse the upgrade with HTTP 401 instead).
+            await ws.close(1008, VERTEX_BAD_TOKEN_REASON if record.vertex else BAD_KEY_REASON)
             return False
-        name = model.removeprefix("models/")
-        if not self._model_ok(name):
-            await ws.close(
-                1008,
-                _truncate_reason(
-                    f"models/{name} is not found for API version {version}, or is not supported for "
-                    "bidiGenerateContent. Call ListModels to see the list of available models and their supported "
-                    "methods."
-                ),
-            )
+        vertex_model = VERTEX_MODEL_RE.fullmatch(model)
+        name = vertex_model["model"] if vertex_model else model.removeprefix("models/")
+        generation = self.models.get(name)
+        if generation is None or (record.vertex and vertex_model is None):
+            if record.vertex:
+                reason = f"Publisher Model `{model}` not found."
+            else:
+                reason = (f"models/{name} is not found for API version {version}, or is not supported for "
+                          "bidiGenerateContent. Call ListModels to see the list of available models and their "
+                          "supported methods.")
+            await ws.close(1008, _truncate_reason(reason))
             return False
+        conn.generation = generation
+        for where, field, refused in generation.refused:
+            scope = _field(setup, where) if where else setup
+            value = _field(scope, field)
+            if value is not None and refused(value):
+                at = f"setup.{where}" if where else "setup"
+                await ws.close(1007, _truncate_reason(
+                    f'Invalid JSON payload received. Unknown name "{_camel(field)}" at \'{at}\': Cannot find field.'))
+                return False
         if reject is not None:
             await ws.close(reject[0], _truncate_reason(reject[1]))
             return False
@@ -644,7 +833,7 @@ class GeminiLiveTestServer:
 
         for tool in _field(setup, "tools") or []:
             for declaration in _field(tool, "function_declarations") or []:
-                conn.functions.add(declaration.get("name"))
+                conn.functions[declaration.get("name")] = str(_field(declaration, "behavior") or "")
         conn.modalities = _field(_field(setup, "generation_config"), "response_modalities") or ["AUDIO"]
         conn.input_transcription = _field(setup, "input_audio_transcription") is not None
         conn.output_transcription = _field(setup, "output_audio_transcription") is not None
@@ -682,6 +871,10 @@ class GeminiLiveTestServer:
 
     async def _dispatch(self, conn: _Conn, message: dict[str, Any]) -> None:
         if (content := _field(message, "client_content")) is not None:
+            user_turn = any(_field(turn, "role", "user") == "user" for turn in _field(content, "turns") or [])
+            if user_turn and conn.answered and not conn.generation.client_content_after_answer:
+                await conn.ws.close(1007, CLIENT_CONTENT_REFUSED_REASON)
+                return
             for turn in _field(content, "turns") or []:
                 if _field(turn, "role", "user") != "user":
                     continue  # model turns are history the client replays, not something to answer
@@ -701,6 +894,11 @@ class GeminiLiveTestServer:
                 waiter = conn.tool_waits.pop(response.get("id"), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(response)
+                name = conn.non_blocking_calls.pop(response.get("id"), None)
+                scheduling = _field(response, "scheduling") or "WHEN_IDLE"
+                if name is not None and scheduling != "SILENT":
+                    # The model reacts to the result: a new answer once idle, or at once (live-tools guide).
+                    self._user_turn(conn, f"<{name} result>", interrupt=scheduling == "INTERRUPT")
         elif _field(message, "context_update") is not None:
             pass  # recorded; nothing to answer
         elif "setup" in message:
@@ -810,58 +1008,106 @@ class GeminiLiveTestServer:
         await self._send(conn, {"serverContent": {"turnComplete": True}})
         return "interrupted", reply
 
+    def _usage_metadata(self, conn: _Conn, *, prompt: int = 0, response: int = 0) -> dict[str, Any]:
+        """A usageMetadata object (Vertex names the response tokens candidatesTokenCount); counted in ``usage``."""
+        with self._cond:
+            self._usage["prompt"] += prompt
+            self._usage["response"] += response
+            self._changed()
+        return {"promptTokenCount": prompt, "candidatesTokenCount" if conn.vertex else "responseTokenCount": response,
+                "totalTokenCount": prompt + response}
+
+    async def _call_tool(self, conn: _Conn, text: str) -> tuple[str, str] | None:
+        """Call trigger_gesture before answering; wait for the response if the call blocks. Returns the answer's
+        end if an interrupt came first, else None."""
+        call_id = f"function-call-{uuid.uuid4().int % 10**18}"
+        call = {"id": call_id, "name": "trigger_gesture", "args": self.gesture_args}
+        if conn.generation.non_blocking_tools and conn.functions["trigger_gesture"] != "BLOCKING":
+            # NON_BLOCKING: the model goes on talking; the response's scheduling decides what happens to it.
+            conn.non_blocking_calls[call_id] = "trigger_gesture"
+            await self._send(conn, {"toolCall": {"functionCalls": [call]}})
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        conn.tool_waits[call_id] = waiter
+        await self._send(conn, {"toolCall": {"functionCalls": [call]}})
+        interrupt = asyncio.ensure_future(conn.interrupt.wait())
+        try:
+            await asyncio.wait([waiter, interrupt], timeout=self.tool_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupt.cancel()
+            conn.tool_waits.pop(call_id, None)
+        if conn.interrupt.is_set():
+            await self._send(conn, {"toolCallCancellation": {"ids": [call_id]}})
+            return await self._interrupted(conn, "")
+        if not waiter.done():
+            logger.warning("%s: no tool response for %s within %s s", conn.record.id, call_id, self.tool_timeout)
+        return None
+
+    def _answer_messages(self, conn: _Conn, reply: str, duration: float) -> list[tuple[float, dict[str, Any]]]:
+        """(due time, message) of one answer. 2.5: one part per message. 3.x: each audio chunk travels with the
+        transcript pieces due by then, in one message (gemini_live_2026.md, "one server message")."""
+        pieces = _transcript_pieces(reply)
+        text_due = [(i * duration / len(pieces), piece) for i, piece in enumerate(pieces)]
+        if "TEXT" in conn.modalities:
+            return [(due, {"serverContent": {"modelTurn": {"parts": [{"text": piece}]}}}) for due, piece in text_due]
+        if not conn.output_transcription:
+            text_due = []
+        events: list[tuple[float, dict[str, Any]]] = []
+        chunks = max(1, math.ceil(duration * 1000 / CHUNK_MS))
+        for i in range(chunks):
+            data = base64.b64encode(SYLLABLE_CHUNKS[i % len(SYLLABLE_CHUNKS)]).decode()
+            part = {"inlineData": {"mimeType": OUTPUT_MIME, "data": data}}
+            due = i * CHUNK_MS / 1000
+            content: dict[str, Any] = {"modelTurn": {"parts": [part]}}
+            if conn.generation.multipart:
+                until = (i + 1) * CHUNK_MS / 1000 if i < chunks - 1 else math.inf
+                joined = "".join(piece for at, piece in text_due if due <= at < until)
+                if joined:
+                    content["outputTranscription"] = {"text": joined}
+            events.append((due, {"serverContent": content}))
+        if not conn.generation.multipart:
+            events += [(due, {"serverContent": {"outputTranscription": {"text": piece}}}) for due, piece in text_due]
+            events.sort(key=lambda event: event[0])  # stable: audio before the transcript piece due at the same time
+        return events
+
     async def _answer(self, conn: _Conn, text: str) -> tuple[str, str]:
         """Answer one user turn; return (status, reply text)."""
+        conn.answered = True
+        prompt_tokens, reply = len(text) // 4 + 1, self.reply(text)
+        if conn.generation.multipart:
+            # 3.x: a message with nothing but usage comes before the answer; it does not end the turn.
+            await self._send(conn, {"serverContent": {}, "usageMetadata": self._usage_metadata(conn, prompt=prompt_tokens)})
+            prompt_tokens = 0
         if "trigger_gesture" in conn.functions and self._gesture_trigger(text):
-            call_id = f"function-call-{uuid.uuid4().int % 10**18}"
-            waiter = asyncio.get_running_loop().create_future()
-            conn.tool_waits[call_id] = waiter
-            call = {"id": call_id, "name": "trigger_gesture", "args": self.gesture_args}
-            await self._send(conn, {"toolCall": {"functionCalls": [call]}})
-            interrupt = asyncio.ensure_future(conn.interrupt.wait())
-            try:
-                await asyncio.wait([waiter, interrupt], timeout=self.tool_timeout, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                interrupt.cancel()
-                conn.tool_waits.pop(call_id, None)
-            if conn.interrupt.is_set():
-                await self._send(conn, {"toolCallCancellation": {"ids": [call_id]}})
-                return await self._interrupted(conn, "")
-            if not waiter.done():
-                logger.warning("%s: no tool response for %s within %s s", conn.record.id, call_id, self.tool_timeout)
+            if (interrupted := await self._call_tool(conn, text)) is not None:
+                return interrupted
 
-        reply = self.reply(text)
         duration = len(reply) * self.ms_per_char / 1000
-        pieces = _transcript_pieces(reply)
-        events: list[tuple[float, dict[str, Any]]] = []
-        if "TEXT" in conn.modalities:
-            for i, piece in enumerate(pieces):
-                message = {"serverContent": {"modelTurn": {"parts": [{"text": piece}]}}}
-                events.append((i * duration / len(pieces), message))
-        else:
-            for i in range(max(1, math.ceil(duration * 1000 / CHUNK_MS))):
-                data = base64.b64encode(SYLLABLE_CHUNKS[i % len(SYLLABLE_CHUNKS)]).decode()
-                part = {"inlineData": {"mimeType": OUTPUT_MIME, "data": data}}
-                events.append((i * CHUNK_MS / 1000, {"serverContent": {"modelTurn": {"parts": [part]}}}))
-            if conn.output_transcription:
-                for i, piece in enumerate(pieces):
-                    message = {"serverContent": {"outputTranscription": {"text": piece}}}
-                    events.append((i * duration / len(pieces), message))
-            events.sort(key=lambda event: event[0])  # stable: audio before the transcript piece due at the same time
-
         start = time.monotonic()
-        for due, message in events:
+        for due, message in self._answer_messages(conn, reply, duration):
             if await self._pause(conn, start + due - time.monotonic()):
                 return await self._interrupted(conn, reply)
             await self._send(conn, message)
         if await self._pause(conn, start + duration - time.monotonic()):
             return await self._interrupted(conn, reply)
-        await self._send(conn, {"serverContent": {"generationComplete": True}})
-        await self._send(conn, {"serverContent": {"turnComplete": True}})
+        usage = self._usage_metadata(conn, prompt=prompt_tokens, response=len(reply) // 4 + 1)
+        update = None
         if conn.resumption:
             handle = f"handle-{uuid.uuid4().hex}"
             with self._cond:
                 self._handles[handle] = conn.record.conversation_id
                 self._changed()
-            await self._send(conn, {"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
+            update = {"newHandle": handle, "resumable": True}
+        if conn.generation.multipart:
+            # 3.x: the end of the turn, its usage and the new resumption handle in one message.
+            end: dict[str, Any] = {"serverContent": {"generationComplete": True, "turnComplete": True}, "usageMetadata": usage}
+            if update is not None:
+                end["sessionResumptionUpdate"] = update
+            await self._send(conn, end)
+        else:
+            await self._send(conn, {"usageMetadata": usage})
+            await self._send(conn, {"serverContent": {"generationComplete": True}})
+            await self._send(conn, {"serverContent": {"turnComplete": True}})
+            if update is not None:
+                await self._send(conn, {"sessionResumptionUpdate": update})
         return "complete", reply

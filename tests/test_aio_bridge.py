@@ -28,7 +28,7 @@ from avatard.core.aio_bridge import AsyncioCancelledError, open_asyncio_loop
 
 pytestmark = pytest.mark.trio
 
-MODEL = "gemini-live-2.5-flash-preview"
+MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"  # a served 2.5 id: one part per message
 
 
 # --- the bridge alone -----------------------------------------------------------------------------------------------

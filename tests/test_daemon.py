@@ -191,6 +191,9 @@ def test_second_daemon_on_the_same_socket_is_refused(daemon, tmp):
     (["--renderer", "bithuman"], "--renderer"),
     (["--brain", "telepathy"], "--brain"),
     (["--env-file", "/nonexistent.env"], "--env-file"),
+    (["--vertex"], "--vertex"),
+    (["--vertex", "--gcp-project", "Bad Project!"], "--gcp-project"),
+    (["--gcp-location", "us central1/../x"], "--gcp-location"),
 ])
 def test_bad_config_stops_with_one_line(args, flag, tmp):
     result = subprocess.run([sys.executable, "-m", "avatard", "--server", "--control-socket", str(tmp / "s.sock"), *args],

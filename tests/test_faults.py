@@ -299,7 +299,9 @@ def test_a_turn_queued_behind_a_tool_call_is_sent_once(daemon_factory):
     front of the turn meanwhile (a "wave" turn's toolCall answered while the next turn was being sent) was
     dropped instead, and the turn sent again: ~3 in 10 such pairs were answered twice on a healthy link."""
     with GeminiLiveTestServer(ms_per_char=5) as live:
-        daemon = daemon_factory(*gemini_args(live), env=GEMINI_ENV)
+        # A generation whose calls block the answer until the response arrives (3.8's NON_BLOCKING calls do not).
+        daemon = daemon_factory(*gemini_args(live, "--gemini-model", "gemini-2.5-flash-native-audio-preview-12-2025"),
+                                env=GEMINI_ENV)
         wait_until(lambda: daemon.status()["brain_state"] == "connected", 15, "brain connected")
         asker = daemon.control()
 

@@ -21,6 +21,8 @@ COUNTERS = {
     "turns": ("avatard_turns", "User turns."),
     "interrupts": ("avatard_interrupts", "Interrupts (barge-in, clients, operators)."),
     "reconnects": ("avatard_brain_reconnects", "Times the brain's connection was re-established."),
+    "prompt_tokens": ("avatard_brain_prompt_tokens", "Prompt (input) tokens the brain's model reported (Live sessions are billed by tokens)."),
+    "response_tokens": ("avatard_brain_response_tokens", "Response (output) tokens the brain's model reported."),
     "events_dropped": ("avatard_events_dropped", "Events dropped for subscribers that did not read."),
 }
 
