@@ -246,7 +246,6 @@ class GeminiBrain:
         async for text in self._say_receive:
             with trio.CancelScope() as scope:
                 self._say_scope = scope
-                samples = await voice.synthesize(text)
-                self._events.publish("transcription", role="assistant", text=text, is_final=True)
-                await voice.play(self._renderer, samples)
+                await voice.speak(self._renderer, text, functools.partial(
+                    self._events.publish, "transcription", role="assistant", text=text, is_final=True))
             self._say_scope = None
