@@ -108,6 +108,8 @@ class GeminiBrain:
         self._model_turn_open = False  # model content seen since the last turnComplete
         self._discarding = False  # an interrupt cut this turn: drop its remaining audio
         self._user_text = ""
+        self._user_source = "unknown"  # who sent the audio being transcribed: user transcripts go back to it
+        self._generation = 0  # counts interrupts: a say queued before the latest one is skipped
         self._assistant_text = ""
         self._vad = EndOfUtterance()
         self._client = None
@@ -115,6 +117,7 @@ class GeminiBrain:
     # -- the brain interface ------------------------------------------------------------------------
 
     def interrupt(self) -> None:
+        self._generation += 1
         while True:
             try:
                 self._say_receive.receive_nowait()
@@ -242,20 +245,21 @@ class GeminiBrain:
         async with inputs:
             async for message in inputs:
                 if isinstance(message, SayText):
-                    await self._say_send.send(message.text)
+                    await self._say_send.send((message.text, self._generation))
                 elif self.state == "failed":
                     self._events.publish("error", code="brain_failed", message=f"Gemini is unavailable: {self.failure}")
                 elif isinstance(message, UserText):
-                    self._queue_text(message.text)
+                    self._queue_text(message.text, message.source)
                 elif isinstance(message, UserAudio):
+                    self._user_source = message.source
                     self._queue_audio(message.samples)
 
-    def _queue_text(self, text: str) -> None:
+    def _queue_text(self, text: str, source: str) -> None:
         if len(self._turns_out) >= OUTBOX_TURNS:
             self._events.publish("error", code="busy", message="too many turns waiting for the Gemini connection; try again")
             return
         self.turns += 1
-        self._events.publish("transcription", role="user", text=text, is_final=True)
+        self._events.publish("transcription", role="user", text=text, is_final=True, source=source)
         self._events.publish("status", status="thinking")
         self._turns_out.append(("text", text))
         self._outbox_ready.set()
@@ -350,7 +354,8 @@ class GeminiBrain:
             self._controls.interrupt(self.name)
         if content.input_transcription is not None and content.input_transcription.text:
             self._user_text += content.input_transcription.text
-            self._events.publish("transcription", role="user", text=self._user_text.strip(), is_final=False)
+            self._events.publish("transcription", role="user", text=self._user_text.strip(), is_final=False,
+                                 source=self._user_source)
         if content.model_turn is not None:
             self._finish_user_text()
             self._model_turn_open = True
@@ -386,7 +391,8 @@ class GeminiBrain:
     def _finish_user_text(self) -> None:
         if self._user_text.strip():
             self.turns += 1
-            self._events.publish("transcription", role="user", text=self._user_text.strip(), is_final=True)
+            self._events.publish("transcription", role="user", text=self._user_text.strip(), is_final=True,
+                                 source=self._user_source)
             self._events.publish("status", status="thinking")
         self._user_text = ""
 
@@ -424,7 +430,9 @@ class GeminiBrain:
     # -- say -----------------------------------------------------------------------------------------
 
     async def _say_worker(self) -> None:
-        async for text in self._say_receive:
+        async for text, generation in self._say_receive:
+            if generation != self._generation:
+                continue  # queued before an interrupt
             with trio.CancelScope() as scope:
                 self._say_scope = scope
                 samples = await voice.synthesize(text)
