@@ -35,7 +35,7 @@ READ_CHUNK = 4096
 SEND_TIMEOUT = 5.0
 SNAPSHOT_QUALITY = 90
 # avatarctl sends its request at once; a connection quiet this long (subscribers excepted) is a leak.
-IDLE_TIMEOUT = 30.0
+IDLE_TIMEOUT = 10.0
 # Operators run a handful of avatarctl commands and subscribers; past this, new ones are told and closed.
 MAX_CONNECTIONS = 32
 
