@@ -17,8 +17,13 @@ PUSH_SLICE = RATE // 5
 
 
 async def synthesize(text: str) -> np.ndarray:
-    """espeak-ng in a worker thread (it blocks for a few ms per sentence)."""
-    return await trio.to_thread.run_sync(tts.synthesize, text)
+    """espeak-ng in a worker thread (it blocks for a few ms per sentence, ~0.2 s for a long turn)."""
+    samples = await trio.to_thread.run_sync(tts.synthesize, text)
+    # A thread cannot be cancelled: trio hands back its result and keeps the cancellation pending until
+    # the next checkpoint. play() may push a whole buffer without one, so an interrupt that came during
+    # synthesis is taken here, before a single sample reaches the renderer.
+    await trio.lowlevel.checkpoint()
+    return samples
 
 
 async def play(renderer, samples: np.ndarray) -> bool:

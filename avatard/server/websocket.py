@@ -49,6 +49,10 @@ MAX_AUDIO_BACKLOG = 125  # chunks (5 s at 25 fps): past this the client cannot c
 # JSON messages (events, error replies) waiting for one client. A browser takes a handful a second; one
 # that lets this many pile up (e.g. by sending bad input without reading the errors) is disconnected.
 MAX_JSON_BACKLOG = 256
+# While this many JSON messages wait, the client's reader reads no more of its input: a burst of requests
+# (each answered) slows down to the pace at which the client takes the answers, instead of piling them
+# up to MAX_JSON_BACKLOG and getting itself evicted.
+REPLY_BACKLOG = 64
 # A single send that has not completed for this long means the peer stopped reading (its TCP window is
 # shut). Without this rule a stall would only be noticed once the kernel's buffers, up to tens of MiB on
 # loopback, had filled behind it.
@@ -94,6 +98,7 @@ class Client:
         self._queued: collections.Counter[str] = collections.Counter()
         self._video: collections.deque = collections.deque()
         self._wake = trio.Event()
+        self._replies_taken = trio.Event()  # set when the JSON backlog falls below REPLY_BACKLOG
         self._resampler: StreamResampler | None = None  # for the rate this client sends at
         self.too_slow: str | None = None  # why it was disconnected for being too slow
         self._sending_since: float | None = None  # when the send in progress started
@@ -151,6 +156,8 @@ class Client:
         if self._media:
             kind, message = self._media.popleft()
             self._queued[kind] -= 1
+            if self._queued["json"] < REPLY_BACKLOG:
+                self._replies_taken.set()
             return message
         if self._video:
             self.frames_sent += 1
@@ -168,6 +175,12 @@ class Client:
             await self.ws.send_message(message)
             self._sending_since = None
             self.bytes_sent += len(message)
+
+    async def replies_taken(self) -> None:
+        """Wait until fewer than REPLY_BACKLOG JSON messages wait for this client (input backpressure)."""
+        while self._queued["json"] >= REPLY_BACKLOG:
+            self._replies_taken = trio.Event()
+            await self._replies_taken.wait()
 
     async def keepalive(self) -> None:
         """Ping every PING_INTERVAL; no pong within PONG_TIMEOUT disconnects the client."""
@@ -433,6 +446,7 @@ class WsServer:
 
     async def _reader(self, client: Client) -> None:
         while True:
+            await client.replies_taken()
             message = await client.ws.get_message()
             try:
                 await self._dispatch(client, message)
