@@ -231,7 +231,7 @@ async def oversize_and_ping_flood(d, port):
                 await ws.send_message(b"\x00" * ((1 << 20) + 2))
         except trio_websocket.ConnectionClosed as exc:
             code = exc.reason.code
-        except BaseExceptionGroup as group:
+        except BaseExceptionGroup as group:  # noqa: F821 (a builtin since Python 3.11, which the benches use)
             closed = group.subgroup(trio_websocket.ConnectionClosed)
             if closed is None:
                 raise

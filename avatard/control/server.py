@@ -3,7 +3,9 @@
 Each connection is served by its own task; a bad request gets an error reply and the connection goes
 on (an oversized line closes that connection, since its framing is lost). ``subscribe`` turns the
 connection into an event stream that ends when the client hangs up. A connection that sends no request
-for :data:`IDLE_TIMEOUT` is closed, and at most :data:`MAX_CONNECTIONS` are served at once.
+for :data:`IDLE_TIMEOUT` is closed, and at most :data:`MAX_CONNECTIONS` are served at once: past that
+the *oldest* is closed, so an operator's fresh ``avatarctl`` is always served however many stuck
+connections came before it (refusing the newest would lock the operator out instead).
 
 The socket file is created with its final mode (a umask around ``bind``), never chmod-ed after: there
 is no moment when another user could connect. A path in a shared directory (the ``/tmp`` fallback)
@@ -13,7 +15,7 @@ that exists and belongs to someone else is refused, since they could have plante
 from __future__ import annotations
 
 import base64
-import contextlib
+import collections
 import errno
 import logging
 import os
@@ -36,7 +38,7 @@ SEND_TIMEOUT = 5.0
 SNAPSHOT_QUALITY = 90
 # avatarctl sends its request at once; a connection quiet this long (subscribers excepted) is a leak.
 IDLE_TIMEOUT = 10.0
-# Operators run a handful of avatarctl commands and subscribers; past this, new ones are told and closed.
+# Operators run a handful of avatarctl commands and subscribers; past this the oldest connection is closed.
 MAX_CONNECTIONS = 32
 
 
@@ -86,7 +88,8 @@ async def serve_control(path: str, hub: Hub, *, task_status=trio.TASK_STATUS_IGN
         async with trio.open_nursery() as nursery:
             task_status.started(path)
             logger.info("control socket at %s", path)
-            limiter = trio.CapacityLimiter(MAX_CONNECTIONS)  # each connection task holds one token
+            # Every connection's cancel scope, oldest first: what is closed when there are too many.
+            connections: collections.deque[trio.CancelScope] = collections.deque()
             failing = False
             while True:
                 try:
@@ -100,7 +103,7 @@ async def serve_control(path: str, hub: Hub, *, task_status=trio.TASK_STATUS_IGN
                         continue
                     raise
                 failing = False
-                nursery.start_soon(_connection, stream, hub, limiter)
+                nursery.start_soon(_connection, stream, hub, connections)
     finally:
         with trio.CancelScope(shield=True):
             await listener.aclose()
@@ -115,15 +118,21 @@ async def _send(stream: trio.SocketStream, data: bytes) -> None:
         await stream.send_all(data)
 
 
-async def _connection(stream: trio.SocketStream, hub: Hub, limiter: trio.CapacityLimiter) -> None:
+async def _connection(stream: trio.SocketStream, hub: Hub, connections: collections.deque) -> None:
     splitter = proto.LineSplitter()
+    scope = trio.CancelScope()
+    connections.append(scope)
+    while len(connections) > MAX_CONNECTIONS:
+        connections.popleft().cancel()
     try:
-        limiter.acquire_nowait()
-    except trio.WouldBlock:
-        async with stream:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-                await _send(stream, proto.error(f"too many control connections ({MAX_CONNECTIONS}); try again", "busy"))
-        return
+        with scope:
+            await _serve(stream, hub, splitter)
+    finally:
+        if scope in connections:
+            connections.remove(scope)
+
+
+async def _serve(stream: trio.SocketStream, hub: Hub, splitter: proto.LineSplitter) -> None:
     try:
         async with stream:
             while True:
@@ -149,8 +158,6 @@ async def _connection(stream: trio.SocketStream, hub: Hub, limiter: trio.Capacit
                     await _send(stream, await _execute(request, hub))
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
         pass  # the client went away or stopped reading; nothing to tell anyone
-    finally:
-        limiter.release()
 
 
 async def _execute(request: proto.Request, hub: Hub) -> bytes:
