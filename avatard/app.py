@@ -1,7 +1,7 @@
 """The daemon: one trio root nursery that shows the whole data path.
 
     sources (control socket, WebSocket clients, mic, audio file)
-        --UserAudio/UserText/SayText--> [brain_inputs, 16] --> brain
+        --UserAudio/UserText/SayText--> [input lanes: operator 8 first, shared 16; budget per browser] --> brain
     brain --push_audio (SpeechBuffer, 4 s, backpressure)--> renderer (the clock, fps frames/s)
     renderer --Frame--> [render queue, 2, drop+count] --> fan-out
     fan-out --Frame--> [one channel per sink, drop+count] --> WebSocket server, speaker, window, recorder
@@ -30,15 +30,13 @@ from .core import metrics
 from .core.events import EventBus
 from .core.fanout import RENDER_QUEUE, FanOut
 from .core.hub import Hub
+from .core.input_lanes import InputLanes
 from .core.latency import LatencyMeter
 from .local.setup import LocalSetup, make_local_parts, prepare, start_local_parts
 from .renderers.builtin import BuiltinRenderer
 
 logger = logging.getLogger("avatard.app")
 
-# User input waiting for the brain. Speech and turns must not be lost, so sources wait when it is
-# full (a browser's reader then stops reading: TCP backpressure to that one client).
-BRAIN_INPUT_QUEUE = 16
 # On SIGTERM, q or a closed window, sinks get this long to tell their clients, then everything is
 # cancelled. systemd gives us TimeoutStopSec; we promise to be gone well inside 2 s.
 STOP_NOTICE = 0.2
@@ -95,7 +93,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     latency = LatencyMeter(events, registry)
     renderer = make_renderer(config, events, latency)
     brain = make_brain(config, renderer, events, latency)
-    brain_send, brain_receive = trio.open_memory_channel(BRAIN_INPUT_QUEUE)
+    inputs = InputLanes()  # sizes and full-policies: avatard.core.input_lanes
     frames_send, frames_receive = trio.open_memory_channel(RENDER_QUEUE)
     fanout = FanOut(lambda: renderer.generation)
     local = make_local_parts(config, setup, renderer, window)
@@ -104,7 +102,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
         from .server.websocket import WsServer
         server = WsServer(config, fanout, registry)
     front_ends = (server,) if server is not None else ()
-    hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, brain_inputs=brain_send,
+    hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
               sinks=front_ends + local.sinks, front_ends=front_ends, local_parts=local.all,
               audio_file=local.audio_file)
     metrics.bind(registry, hub.status)
@@ -115,7 +113,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
             nursery.start_soon(_stop_on_signals, stop)
         else:
             window.connect(hub, stop)
-        await nursery.start(brain.run, brain_receive, hub)
+        await nursery.start(brain.run, inputs, hub)
         nursery.start_soon(fanout.run, frames_receive)
         await nursery.start(renderer.run, frames_send)
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,

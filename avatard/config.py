@@ -7,6 +7,7 @@ the flag, so start-up fails with one readable line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 
@@ -91,6 +92,15 @@ def _matches(flag: str, pattern: re.Pattern, example: str):
     return check
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (or "" for every interface): it may reach beyond this machine
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"512x512"`` -> ``(512, 512)``; raises ConfigError naming ``--size``."""
     try:
@@ -136,7 +146,12 @@ class Config:
     log_format: str = attrs.field(default="text", validator=_one_of("--log-format", LOG_FORMATS))
     jpeg_quality: int = attrs.field(default=80, validator=_in_range("--jpeg-quality", 10, 100))
     max_clients: int = attrs.field(default=10, validator=_in_range("--max-clients", 1, 1000))
-    token: str | None = attrs.field(default=None, repr=False)
+    max_clients_per_ip: int = attrs.field(default=4, validator=_in_range("--max-clients-per-ip", 1, 1000))
+    token: str | None = attrs.field(default=None, repr=False)  # lets a client talk; see avatard.server.access
+    token_file: str | None = None  # where the token came from (--token-file or generated), to tell the operator
+    viewer_token: str | None = attrs.field(default=None, repr=False)  # lets a client only watch
+    no_auth: bool = False  # beyond loopback without a token, on purpose
+    share_transcripts: bool = False  # user transcripts to every client that may talk, not only their author
     allow_origin: tuple[str, ...] = ()
     gemini_base_url: str | None = None
     gemini_ca_file: str | None = attrs.field(default=None, validator=_path_exists("--gemini-ca-file"))
@@ -162,6 +177,17 @@ class Config:
             raise ConfigError(f"--gemini-base-url: {self.gemini_base_url!r} is not an http(s) URL")
         if self.audio_file is not None and not os.access(self.audio_file, os.R_OK):
             raise ConfigError(f"--audio-file: cannot read {self.audio_file}")
+        if self.no_auth and self.token is not None:
+            raise ConfigError("--no-auth: contradicts --token (or AVATARD_TOKEN / --token-file); give one of them")
+        if self.viewer_token is not None and (self.token is None or self.viewer_token == self.token):
+            raise ConfigError("--viewer-token: needs a different --token (without one every client may talk)")
+        if self.server and self.token is None and not self.no_auth and not self.loopback_only:
+            raise ConfigError(f"--host: {self.host} is reachable beyond this machine; set --token, or --no-auth on purpose")
+
+    @property
+    def loopback_only(self) -> bool:
+        """The server listens on this machine only: open without a token, for local development."""
+        return is_loopback(self.host)
 
     @property
     def renderer_kind(self) -> str:

@@ -503,6 +503,7 @@ class Tally:
     examples: int = 0
     errors: int = 0  # replies that were errors
     accepted: int = 0  # requests accepted
+    busy: int = 0  # valid requests refused by the client's input budget (error "busy", nothing queued)
     violations: int = 0
 
 
@@ -557,7 +558,7 @@ class WsFuzzer:
                    and m["data"].get("audio") is False, seen, REPLY_TIMEOUT, "reply to a valid subscribe")
 
     def run(self, example: Example) -> str:
-        """Send one example; return "error" or "accepted", or raise Violation."""
+        """Send one example; return "error", "busy" or "accepted", or raise Violation."""
         self.tally.examples += 1
         try:
             verdict = self._run(example)
@@ -569,6 +570,8 @@ class WsFuzzer:
             raise
         if verdict == "error":
             self.tally.errors += 1
+        elif verdict == "busy":
+            self.tally.busy += 1
         else:
             self.tally.accepted += 1
         return verdict
@@ -590,6 +593,8 @@ class WsFuzzer:
             if not (isinstance(error.get("code"), str) and error["code"] and isinstance(error.get("message"), str)):
                 raise Violation(f"malformed error reply {error}")
             if example.expect == "accept":
+                if error["code"] == "busy":
+                    return "busy"  # valid, but over this client's input budget (docs/protocol.md): nothing queued
                 raise Violation(f"a valid message was refused: {error}")
             if example.code is not None and error["code"] != example.code:
                 raise Violation(f"error code {error['code']!r}, expected {example.code!r}: {error}")

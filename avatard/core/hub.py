@@ -2,7 +2,9 @@
 
 Front ends never touch the brain or renderer directly; they call the hub, which keeps the rules in
 one spot: an interrupt reaches the brain, the renderer and every sink at once; a gesture name is
-checked against the renderer's list; user input goes to the brain through its bounded channel.
+checked against the renderer's list; user input goes to the brain through its bounded lanes
+(:mod:`avatard.core.input_lanes`): the operator's own, and a shared one where each browser has a
+budget (:mod:`avatard.core.input_budget`).
 
 The hub is built complete: every collaborator is passed to its constructor, and ``status()`` asks each
 part for its own numbers.
@@ -16,12 +18,13 @@ from collections.abc import Sequence
 
 import attrs
 import numpy as np
-import trio
 
 from ..constants import MAX_TEXT_CHARS
-from ..errors import Refused
+from ..errors import Busy, Refused
 from .events import EventBus
 from .fanout import FanOut
+from .input_budget import InputBudget
+from .input_lanes import InputLanes
 from .interfaces import Brain, Part, Renderer, Sink
 from .latency import LatencyMeter
 from .messages import Frame, SayText, UserAudio, UserText
@@ -36,7 +39,8 @@ class Hub:
     events: EventBus
     latency: LatencyMeter
     fanout: FanOut
-    brain_inputs: trio.MemorySendChannel = attrs.field(repr=False)
+    inputs: InputLanes = attrs.field(repr=False)
+    budget: InputBudget = attrs.field(factory=InputBudget, repr=False)
     sinks: Sequence[Sink] = ()  # flushed on every interrupt
     front_ends: Sequence[Part] = ()  # their status() keys go to the top level (the WebSocket server's clients)
     local_parts: Sequence[Part] = ()  # shown under "local_io" by name
@@ -66,12 +70,13 @@ class Hub:
 
     def interrupt(self, source: str) -> None:
         self.interrupts += 1
+        inputs = self.inputs.drain()  # first: nothing queued before the interrupt reaches the brain after it
         self.brain.interrupt()
         dropped = self.renderer.interrupt()
         self.latency.interrupted()
         for sink in self.sinks:
             sink.flush()
-        logger.info("interrupt from %s (%d queued samples discarded)", source, dropped)
+        logger.info("interrupt from %s (%d queued inputs and %d queued samples discarded)", source, inputs, dropped)
         self.events.publish("status", status="interrupted", source=source)
         if not self.renderer.speaking:  # otherwise the renderer says "listening" with its next, silent frame
             self.events.publish("status", status="listening")
@@ -87,14 +92,24 @@ class Hub:
         queued = self.audio_file.replay()
         logger.info("replay from %s%s", source, "" if queued else " (one is already queued)")
 
-    async def say(self, text: str) -> None:
-        await self.brain_inputs.send(SayText(self._checked(text)))
+    def say(self, text: str) -> None:
+        """The operator's: spoken verbatim, ahead of browser input; Busy if the operator lane is full."""
+        self.inputs.put_operator(SayText(self._checked(text)))
 
-    async def ask(self, text: str, source: str) -> None:
-        await self.brain_inputs.send(UserText(self._checked(text), source=source))
+    def ask(self, text: str, source: str) -> None:
+        """The operator's turn, ahead of browser input; Busy if the operator lane is full."""
+        self.inputs.put_operator(UserText(self._checked(text), source=source))
+
+    def user_text(self, text: str, source: str) -> None:
+        """A browser's turn: within its budget and while the shared lane has room, else Busy and nothing queued."""
+        text = self._checked(text)
+        if self.inputs.shared_full:  # checked first so that a refused turn costs no budget
+            raise Busy("the avatar has too many inputs waiting; try again after it answers")
+        self.budget.spend(source, len(text), self.inputs.turns_waiting(source))
+        self.inputs.put_nowait(UserText(text, source=source))
 
     async def user_audio(self, samples: np.ndarray, source: str) -> None:
-        await self.brain_inputs.send(UserAudio(samples, source=source))
+        await self.inputs.put(UserAudio(samples, source=source))
 
     def _checked(self, text: str) -> str:
         text = text.strip()

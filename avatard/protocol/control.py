@@ -12,7 +12,7 @@ import json
 import attrs
 
 from ..constants import EVENT_KINDS
-from ..errors import ProtocolError
+from ..errors import ProtocolError, quote
 from .untrusted_json import json_object
 
 # A request is a command and maybe a sentence; 64 KiB is far above any legitimate one and small enough
@@ -49,7 +49,7 @@ def parse_request(line: bytes) -> Request:
     if not isinstance(cmd, str):
         raise ProtocolError("bad_request", 'request needs a string "cmd"')
     if cmd not in COMMANDS:
-        raise ProtocolError("unknown_command", f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}")
+        raise ProtocolError("unknown_command", f"unknown command {quote(cmd)}; known: {', '.join(sorted(COMMANDS))}")
     fields = {}
     for field in COMMANDS[cmd]:
         value = obj.get(field)
@@ -63,7 +63,7 @@ def parse_request(line: bytes) -> Request:
             raise ProtocolError("bad_request", "subscribe 'events' must be a list of strings")
         unknown = sorted(set(kinds) - set(EVENT_KINDS))
         if unknown:
-            raise ProtocolError("bad_request", f"unknown event kinds {unknown}; known: {', '.join(EVENT_KINDS)}")
+            raise ProtocolError("bad_request", f"unknown event kinds {quote(unknown)}; known: {', '.join(EVENT_KINDS)}")
         events = frozenset(kinds)
     return Request(cmd=cmd, events=events, **fields)
 

@@ -22,7 +22,7 @@ import struct
 import attrs
 
 from ..constants import MAX_TEXT_CHARS, RATE  # the text limit is checked here too, so the error names the field
-from ..errors import ProtocolError
+from ..errors import ProtocolError, quote
 from .untrusted_json import json_object
 
 VIDEO = 0x01
@@ -140,21 +140,21 @@ def parse_client_text(text: str) -> AudioInput | TextInput | Interrupt | Gesture
     if kind == "control":
         return _control(_object(msg, "data"))
     if isinstance(kind, str):
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: audio_input, text_input, control")
+        raise ProtocolError("unknown_type", f"unknown message type {quote(kind)}; known: audio_input, text_input, control")
     raise ProtocolError("bad_message", 'message needs a string "type"')
 
 
 def _object(msg: dict, field: str) -> dict:
     value = msg.get(field)
     if not isinstance(value, dict):
-        raise ProtocolError("bad_message", f"{msg.get('type', 'message')} needs an object {field!r}")
+        raise ProtocolError("bad_message", f"{quote(msg.get('type', 'message'))} needs an object {field!r}")
     return value
 
 
 def _int_field(msg: dict, field: str, default: int, low: int, high: int) -> int:
     value = msg.get(field, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError("bad_audio", f"{field} must be an integer; got {value!r}"[:200])
+        raise ProtocolError("bad_audio", f"{field} must be an integer; got {quote(value)}")
     if not low <= value <= high:
         raise ProtocolError("bad_audio", f"{field} {value} is outside {low}..{high}")
     return value
@@ -197,5 +197,5 @@ def _control(data: dict) -> Interrupt | Gesture | Subscribe:
             flags[field] = value
         return Subscribe(**flags)
     if isinstance(command, str):
-        raise ProtocolError("unknown_command", f"unknown control command {command!r}; known: interrupt, gesture, subscribe")
+        raise ProtocolError("unknown_command", f"unknown control command {quote(command)}; known: interrupt, gesture, subscribe")
     raise ProtocolError("bad_message", 'control needs a string data.command')

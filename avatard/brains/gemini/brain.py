@@ -76,6 +76,7 @@ class GeminiBrain:
         self._outbox = Outbox()
         self._say_send, self._say_receive = trio.open_memory_channel(SAY_QUEUE)
         self._say_scope: trio.CancelScope | None = None
+        self._interrupts = 0  # a say queued before the latest interrupt is skipped
         self._speech = ModelSpeech(renderer, latency)
         self._transcripts = Transcripts(events, keywords, self._gesture)
         self._receiver: Receiver | None = None  # built in run(), when the controls are known
@@ -84,6 +85,7 @@ class GeminiBrain:
     # -- the brain interface ------------------------------------------------------------------------
 
     def interrupt(self) -> None:
+        self._interrupts += 1
         while True:
             try:
                 self._say_receive.receive_nowait()
@@ -193,16 +195,17 @@ class GeminiBrain:
         async with inputs:
             async for message in inputs:
                 if isinstance(message, SayText):
-                    await self._say_send.send(message.text)
+                    await self._say_send.send((message.text, self._interrupts))
                 elif self.state == "failed":
                     self._events.publish("error", code="brain_failed", message=f"Gemini is unavailable: {self.failure}")
                 elif isinstance(message, UserText):
                     if self._outbox.put_turn(message.text):
-                        self._transcripts.typed(message.text)
+                        self._transcripts.typed(message.text, message.source)
                     else:
                         self._events.publish("error", code="busy",
                                              message="too many turns waiting for the Gemini connection; try again")
                 elif isinstance(message, UserAudio):
+                    self._transcripts.user_source = message.source
                     self._queue_audio(message.samples)
 
     def _queue_audio(self, samples) -> None:
@@ -243,7 +246,9 @@ class GeminiBrain:
     # -- say -----------------------------------------------------------------------------------------
 
     async def _say_worker(self) -> None:
-        async for text in self._say_receive:
+        async for text, queued_at in self._say_receive:
+            if queued_at != self._interrupts:
+                continue  # queued before an interrupt
             with trio.CancelScope() as scope:
                 self._say_scope = scope
                 await voice.speak(self._renderer, text, functools.partial(
