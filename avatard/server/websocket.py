@@ -60,6 +60,9 @@ MAX_SEND_STALL = 5.0
 # Frames waiting for JPEG encoding (0.32 s). Encoding takes ~3 ms; the room is for CPU contention on a
 # busy box. Beyond it the fan-out drops (counted), for every client at once, so it is generous.
 ENCODER_BUFFER = 8
+# Frames waiting for the audio pump, which only packs and queues bytes: it falls this far behind (0.4 s)
+# only when the process is starved; then the fan-out drops the frame's audio for every client (counted).
+AUDIO_SINK_BUFFER = 10
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB = 32 s of 16 kHz audio in one message; larger closes with 1009
 CLOSE_TOO_SLOW = 4000
 CLOSE_POLICY = 1008  # bad token or origin
@@ -245,7 +248,8 @@ class WsServer:
         except OSError as exc:
             raise ConfigError(f"--port: cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}") from None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._encoder)
+            nursery.start_soon(self._audio_pump)
+            nursery.start_soon(self._video_encoder)
             nursery.start_soon(self._event_pump)
             for listener in listeners:
                 nursery.start_soon(self._accept, listener, nursery)
@@ -297,16 +301,26 @@ class WsServer:
 
     # -- fan-out to clients -----------------------------------------------------------------------
 
-    async def _encoder(self) -> None:
-        quality = [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]
-        with self.fanout.sink("websocket", ENCODER_BUFFER) as frames:
+    # Audio and video are two fan-out sinks: a frame's audio goes to every client the moment the frame
+    # exists, never behind the JPEG encoding of the frame before it (a re-phased frame can follow its
+    # predecessor by 5 ms, while encoding takes ~3); its video follows once encoded, with the same timestamp.
+
+    async def _audio_pump(self) -> None:
+        with self.fanout.sink("websocket-audio", AUDIO_SINK_BUFFER) as frames:
             async for frame in frames:
                 if not self.clients:
                     continue
                 audio = wire.encode_audio(RATE, 1, frame.audio.astype("<i2").tobytes(), frame.timestamp)
                 for client in list(self.clients.values()):
                     client.push_audio(audio)
-                # cv2 releases the GIL while encoding, so the event loop (and the audio above) keeps going.
+
+    async def _video_encoder(self) -> None:
+        quality = [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]
+        with self.fanout.sink("websocket-video", ENCODER_BUFFER) as frames:
+            async for frame in frames:
+                if not any(client.want_video for client in self.clients.values()):
+                    continue  # nobody watches: no JPEG
+                # cv2 releases the GIL while encoding, so the event loop (and the audio) keeps going.
                 ok, jpeg = await trio.to_thread.run_sync(cv2.imencode, ".jpg", frame.image, quality)
                 if not ok:
                     self.encode_failures += 1
