@@ -42,6 +42,7 @@ class BuiltinRenderer:
         self._animator = Animator(fps, seed=seed)
         self._speech = SpeechBuffer()
         self._flushed = True
+        self._starting = False  # speech pushed while idle, not yet a whole frame: re-phase once it is
         self._speaking = SpeakingTracker(events, latency)
         self.frames_rendered = 0
         self.frames_dropped = 0  # the fan-out did not take a frame in time
@@ -72,13 +73,16 @@ class BuiltinRenderer:
     async def push_audio(self, samples: np.ndarray) -> bool:
         """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it.
 
-        Speech that starts while the avatar is idle re-phases the clock: its first frame goes out now
-        instead of at the next tick of an arbitrary grid.
+        Speech that starts while the avatar is idle re-phases the clock: its first frame goes out as soon
+        as a whole frame of it is queued, instead of at the next tick of an arbitrary grid. (A frame made
+        from a first chunk shorter than a frame -- Gemini's first 40 ms at 24 kHz come out of the resampler
+        as 30 -- would be padded with silence in the middle of the first word.)
         """
-        idle = not self.speaking and self._speech.pending == 0
+        self._starting = self._starting or (not self.speaking and self._speech.pending == 0)
         self._flushed = False
         queued = await self._speech.put(samples)
-        if queued and idle and self._clock is not None:
+        if queued and self._starting and self._speech.pending >= self.samples_per_frame and self._clock is not None:
+            self._starting = False
             self._clock.rephase()
         return queued
 
@@ -91,6 +95,7 @@ class BuiltinRenderer:
         dropped = self._speech.clear()
         self._animator.interrupt()
         self._flushed = True
+        self._starting = False
         if self._clock is not None:
             self._clock.rephase()  # the silent, closed-mouth frame goes out now, not at the next tick
         return dropped
@@ -122,6 +127,7 @@ class BuiltinRenderer:
     async def _render(self, index: int, timestamp: float) -> Frame:
         generation = self._speech.generation
         audio, real = self._speech.take(self.samples_per_frame)
+        self._starting = self._starting and not real  # speech has started on the grid (a tick came first)
         self._speaking.frame(real, turn_over=self._flushed)
         pose = self._animator.next_pose(audio)
         # Drawing is the one costly step (~1.5 ms at 512x512 on a quiet box, several on a busy one) and a
