@@ -6,7 +6,7 @@ FROM python:3.11-slim
 # even when no window is opened; soundfile wants libsndfile. espeak-ng, onnxruntime and FFmpeg ship
 # inside their wheels. No compilers: every dependency installs from a wheel.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libsndfile1 libgl1 libglib2.0-0 \
+    && apt-get install -y --no-install-recommends libsndfile1 libgl1 libglib2.0-0 opencv-data \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

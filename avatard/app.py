@@ -1,7 +1,8 @@
 """The daemon: one trio root nursery that shows the whole data path.
 
-    sources (control socket, WebSocket clients, mic, audio file)
-        --UserAudio/UserText/SayText--> [brain_inputs, 16] --> brain
+    sources (control socket, WebSocket clients, mic, audio file, camera)
+        --UserAudio/UserText/SayText/CameraFrame--> [brain_inputs, 16] --> brain
+    pictures (camera, browsers, avatarctl look) --> Vision (<= 1/s to the brain; faces --> presence events)
     brain --push_audio (SpeechBuffer, 4 s, backpressure)--> renderer (the clock, fps frames/s)
     renderer --Frame--> [render queue, 2, drop+count] --> fan-out
     fan-out --Frame--> [one channel per sink, drop+count] --> WebSocket server, speaker, window, recorder
@@ -31,6 +32,8 @@ from .core.events import EventBus
 from .core.fanout import RENDER_QUEUE, FanOut
 from .core.hub import Hub
 from .core.latency import LatencyMeter
+from .core.presence import Presence
+from .core.vision import Vision
 from .local.setup import LocalSetup, make_local_parts, prepare, start_local_parts
 from .renderers.builtin import BuiltinRenderer
 
@@ -67,6 +70,15 @@ def make_brain(config: Config, renderer, events: EventBus, latency: LatencyMeter
     return LocalBrain(renderer=renderer, events=events, latency=latency, keywords=keywords)
 
 
+def make_vision(config: Config, brain, events: EventBus, brain_inputs: trio.MemorySendChannel) -> Vision | None:
+    """Eyes when pictures can come (--camera, or browsers in server mode); presence needs OpenCV's face cascade."""
+    if not config.sees:
+        return None
+    from .core.faces import load_face_cascade
+    return Vision(events=events, brain_inputs=brain_inputs, brain_sees=brain.sees, fps=config.camera_fps,
+                  detector=load_face_cascade(), presence=Presence(config.greet_after))
+
+
 def main(config: Config) -> None:
     """Run the daemon until it stops: in this thread, or in a worker thread when a window is wanted.
 
@@ -98,6 +110,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     brain_send, brain_receive = trio.open_memory_channel(BRAIN_INPUT_QUEUE)
     frames_send, frames_receive = trio.open_memory_channel(RENDER_QUEUE)
     fanout = FanOut(lambda: renderer.generation)
+    vision = make_vision(config, brain, events, brain_send)
     local = make_local_parts(config, setup, renderer, window)
     server = None
     if config.server:
@@ -106,7 +119,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     front_ends = (server,) if server is not None else ()
     hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, brain_inputs=brain_send,
               sinks=front_ends + local.sinks, front_ends=front_ends, local_parts=local.all,
-              audio_file=local.audio_file)
+              audio_file=local.audio_file, vision=vision, camera_device=local.camera, greeting=config.greet)
     metrics.bind(registry, hub.status)
 
     async with trio.open_nursery() as nursery:
@@ -118,6 +131,8 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
         await nursery.start(brain.run, brain_receive, hub)
         nursery.start_soon(fanout.run, frames_receive)
         await nursery.start(renderer.run, frames_send)
+        if vision is not None:
+            await nursery.start(vision.run)
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub)

@@ -49,5 +49,9 @@ class AsyncioCancelledError(AvatardError):
     """An asyncio task was cancelled from the asyncio side, not by trio (usually: the loop is shutting down)."""
 
 
+class CameraError(AvatardError):
+    """A camera could not be opened or read; the message names the device."""
+
+
 class BrainFailed(AvatardError):
     """The brain cannot work until the operator changes something (credentials, model, setup); not retried."""
