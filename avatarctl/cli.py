@@ -190,7 +190,7 @@ def ask(state: State, text: str) -> None:
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @pass_state
 def look(state: State, image: str) -> None:
-    """Show the avatar one still IMAGE (JPEG or PNG, at most 768 KiB), e.g. before `avatarctl ask "what is this?"`."""
+    """Show the avatar one still IMAGE (JPEG or PNG, at most 512 KiB), e.g. before `avatarctl ask "what is this?"`."""
     with open(image, "rb") as file:
         data = file.read(MAX_IMAGE_BYTES + 1)
     if len(data) > MAX_IMAGE_BYTES:

@@ -35,8 +35,9 @@ GESTURES: dict[str, float] = {
 # label, and a bigger picture costs more tokens without the model seeing more.
 MAX_CAMERA_FPS = 1.0
 MAX_IMAGE_SIDE = 768
-# A browser's JPEG of at most 768 px is 50-200 KB at the quality browsers use; 1 MiB (the WebSocket's message
-# limit) would be a picture that was not scaled, and one operator still is an image file of up to the same size.
-MAX_IMAGE_BYTES = 768 * 1024
+# A browser's JPEG of at most 768 px is 50-200 KB at the quality browsers use; more is a picture that was not
+# scaled. 512 KiB is 683 KiB in base64, inside the WebSocket's 1 MiB message limit, so an oversized frame gets an
+# error reply naming this limit rather than a closed connection. An operator's still has the same limit.
+MAX_IMAGE_BYTES = 512 * 1024
 # The gesture played with a --greet greeting (the built-in avatar has it; a bitHuman model may not).
 GREET_GESTURE = "mini_wave_hello"

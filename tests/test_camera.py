@@ -12,13 +12,17 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+import trio
 from gemini_live_server import GeminiLiveTestServer
 from skimage import data as skdata
+from wsclient import Client, open_client
 
+from avatard.constants import MAX_IMAGE_BYTES
 from avatard.core.faces import load_face_cascade
 from avatard.core.presence import ARRIVE_SAMPLES, LEAVE_SECONDS, Presence
 from avatard.errors import ProtocolError
 from avatard.protocol import control as proto
+from avatard.protocol import media as wire
 
 GEMINI_ENV = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 FILE_FPS = 10
@@ -180,3 +184,47 @@ def test_frames_reach_gemini_as_jpeg_at_most_once_a_second_and_stop_when_the_cam
         assert daemon.ctl("camera", "on").returncode == 0
         count = len(server.video_frames)
         server.wait_for(lambda: len(server.video_frames) >= count + 2, timeout=10)
+
+
+def test_camera_frame_messages_are_size_checked():
+    jpeg = cv2.imencode(".jpg", face_picture())[1].tobytes()
+    message = wire.parse_client_text(json.dumps({"type": "camera_frame", "data": {"jpeg": base64.b64encode(jpeg).decode()}}))
+    assert message == wire.CameraInput(jpeg)
+    png = cv2.imencode(".png", face_picture())[1].tobytes()
+    for data, code in (({}, "bad_image"), ({"jpeg": 5}, "bad_image"), ({"jpeg": "%%%"}, "bad_image"),
+                       ({"jpeg": base64.b64encode(png).decode()}, "bad_image"),
+                       ({"jpeg": "A" * (MAX_IMAGE_BYTES * 2)}, "too_large")):
+        with pytest.raises(ProtocolError) as caught:
+            wire.parse_client_text(json.dumps({"type": "camera_frame", "data": data}))
+        assert caught.value.code == code
+
+
+async def test_browser_camera_frames_drive_presence_and_bad_ones_get_an_error_reply(daemon_factory):
+    daemon = daemon_factory("--greet", "Hi!")
+    jpeg = base64.b64encode(cv2.imencode(".jpg", face_picture())[1].tobytes()).decode()
+    async with open_client(daemon.port) as ws:
+        client = Client(ws)
+        broken = base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(300)).decode()  # a JPEG's start, then nothing
+        await client.send_json({"type": "camera_frame", "data": {"jpeg": broken}})
+        error = await client.json_of("error")
+        assert error["data"]["code"] == "refused" and "decode" in error["data"]["message"]
+        await client.send_json({"type": "camera_frame", "data": {"jpeg": "A" * (MAX_IMAGE_BYTES * 4 // 3 + 8)}})
+        assert (await client.json_of("error"))["data"]["code"] == "too_large"
+        for _ in range(4):  # the page's pace: at most 1 a second
+            await client.send_json({"type": "camera_frame", "data": {"jpeg": jpeg}})
+            await trio.sleep(0.6)
+        await client.json_of("transcription", role="assistant", text="Hi!")
+    status = daemon.status()
+    assert status["presence"]["arrivals"] == 1 and status["presence"]["present"]
+
+
+def test_a_camera_that_stops_is_reported_and_retried(daemon_factory, tmp):
+    video = write_video(tmp / "short.avi", [("empty", 1)])  # its end is a camera that stops delivering
+    daemon = daemon_factory("--camera", video)
+    events = daemon.control(timeout=15)
+    assert events.request("subscribe", events=["status"])["ok"]
+    lost = events.events_until(lambda e: e.get("status") == "camera_lost", timeout=10)[-1]
+    assert lost["retry_s"] > 0 and lost["reason"]
+    events.events_until(lambda e: e.get("status") in ("camera_on", "camera_sending"), timeout=10)
+    assert daemon.proc.poll() is None
+    assert daemon.status()["local_io"]["camera"]["reopens"] >= 1
