@@ -151,21 +151,20 @@ class Hub:
             self.camera_device.enable(on)
 
     def _greet(self, source: str) -> None:
-        logger.info("someone arrived (seen by %s): greeting", source)
-        if self.greeting == GREET_MODEL:
-            greeting = UserText(GREET_PROMPT, source="presence")
-        else:
-            greeting = SayText(self.greeting)
-            try:
-                self.gesture(GREET_GESTURE, "presence")
-            except Refused as exc:  # a bitHuman model without a wave still says hello
-                logger.info("greeting without a wave: %s", exc)
+        greeting = UserText(GREET_PROMPT, source="presence") if self.greeting == GREET_MODEL else SayText(self.greeting)
         try:
             # The shared lane, unbudgeted: the daemon's own input. A full lane means the avatar has plenty to
             # answer already; a greeting queued behind it would come too late, so it is dropped.
             self.inputs.put_nowait(greeting)
         except Busy:
-            logger.info("greeting dropped: the avatar has inputs waiting")
+            logger.info("someone arrived (seen by %s); greeting dropped: the avatar has inputs waiting", source)
+            return
+        logger.info("someone arrived (seen by %s): greeting", source)
+        if isinstance(greeting, SayText):
+            try:
+                self.gesture(GREET_GESTURE, "presence")
+            except Refused as exc:  # a bitHuman model without a wave still says hello
+                logger.info("greeting without a wave: %s", exc)
 
     def _checked(self, text: str) -> str:
         text = text.strip()
