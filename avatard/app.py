@@ -1,7 +1,9 @@
 """The daemon: one trio root nursery that shows the whole data path.
 
-    sources (control socket, WebSocket clients, mic, audio file)
-        --UserAudio/UserText/SayText--> [input lanes: operator 8 first, shared 16; budget per browser] --> brain
+    sources (control socket, WebSocket clients, mic, audio file, camera)
+        --UserAudio/UserText/SayText/CameraFrame--> [input lanes: operator 8 first, shared 16; budget per browser]
+        --> brain
+    pictures (camera, browsers, avatarctl look) --> Vision (<= 1/s to the brain; faces --> presence events)
     brain --push_audio (SpeechBuffer, 4 s, backpressure)--> renderer (the clock, fps frames/s)
     renderer --Frame--> [render queue, 2, drop+count] --> fan-out
     fan-out --Frame--> [one channel per sink, drop+count] --> WebSocket server, speaker, window, recorder
@@ -28,10 +30,14 @@ from .config import Config
 from .control.server import serve_control
 from .core import metrics
 from .core.events import EventBus
+from .core.faces import FaceDetector
 from .core.fanout import RENDER_QUEUE, FanOut
 from .core.hub import Hub
 from .core.input_lanes import InputLanes
 from .core.latency import LatencyMeter
+from .core.presence import Presence
+from .core.vision import Vision
+from .errors import ConfigError, DetectorUnavailable
 from .local.setup import LocalSetup, make_local_parts, prepare, start_local_parts
 from .renderers.builtin import BuiltinRenderer
 
@@ -65,6 +71,30 @@ def make_brain(config: Config, renderer, events: EventBus, latency: LatencyMeter
     return LocalBrain(renderer=renderer, events=events, latency=latency, keywords=keywords)
 
 
+def make_vision(config: Config, brain, events: EventBus, inputs: InputLanes) -> Vision | None:
+    """Eyes when pictures can come (--camera, or browsers in server mode), with presence from OpenCV's face cascade.
+
+    An OpenCV without the cascade never stops a daemon that does not need it: the pictures still go to a brain
+    that sees, and presence is reported unavailable. Only what cannot work without it is a start-up error:
+    --greet, or --camera when the brain cannot see either.
+    """
+    if not config.sees:
+        return None
+    try:
+        detector = FaceDetector.load()
+    except DetectorUnavailable as exc:
+        if config.greet is not None:
+            raise ConfigError(f"--greet: greeting needs face detection, and {exc}") from None
+        if config.camera is not None and not brain.sees:
+            raise ConfigError(f"--camera: the {brain.name} brain cannot see pictures, and presence needs face "
+                              f"detection: {exc}") from None
+        logger.warning("presence detection is off: %s", exc)
+        return Vision(events=events, inputs=inputs, brain_sees=brain.sees, fps=config.camera_fps,
+                      no_detector=str(exc))
+    return Vision(events=events, inputs=inputs, brain_sees=brain.sees, fps=config.camera_fps, detector=detector,
+                  presence=Presence(config.greet_after))
+
+
 def main(config: Config) -> None:
     """Run the daemon until it stops: in this thread, or in a worker thread when a window is wanted.
 
@@ -96,6 +126,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     inputs = InputLanes()  # sizes and full-policies: avatard.core.input_lanes
     frames_send, frames_receive = trio.open_memory_channel(RENDER_QUEUE)
     fanout = FanOut(lambda: renderer.generation)
+    vision = make_vision(config, brain, events, inputs)
     local = make_local_parts(config, setup, renderer, window)
     server = None
     if config.server:
@@ -104,7 +135,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     front_ends = (server,) if server is not None else ()
     hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
               sinks=front_ends + local.sinks, front_ends=front_ends, local_parts=local.all,
-              audio_file=local.audio_file)
+              audio_file=local.audio_file, vision=vision, camera_device=local.camera, greeting=config.greet)
     metrics.bind(registry, hub.status)
 
     async with trio.open_nursery() as nursery:
@@ -116,6 +147,8 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
         await nursery.start(brain.run, inputs, hub)
         nursery.start_soon(fanout.run, frames_receive)
         await nursery.start(renderer.run, frames_send)
+        if vision is not None:
+            await nursery.start(vision.run)
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub)

@@ -86,6 +86,12 @@ OPTIONS = [
     ("--gestures-file", ["AVATARD_GESTURES_FILE"], dict(help='Keyword gestures, JSON or TOML: {"mode": "extend"|"replace", "keywords": {gesture: [words]}}.')),
     ("--gesture-cooldown", ["AVATARD_GESTURE_COOLDOWN"], dict(type=float, default=3.0, show_default=True,
                                                              help="Seconds before the same keyword gesture fires again.")),
+    ("--camera", ["AVATARD_CAMERA"], dict(help="Camera for the avatar's eyes: a device index, a /dev/video* path, or a video file.")),
+    ("--camera-fps", ["AVATARD_CAMERA_FPS"], dict(type=float, default=1.0, show_default=True,
+                                                 help="Camera frames per second sent to Gemini (at most 1).")),
+    ("--greet", ["AVATARD_GREET"], dict(help="Say TEXT with a wave when someone arrives; 'model' lets Gemini greet in its own words.")),
+    ("--greet-after", ["AVATARD_GREET_AFTER"], dict(type=float, default=30.0, show_default=True,
+                                                   help="Greet only when the scene was empty this many seconds before.")),
     ("--log-level", ["AVATARD_LOG_LEVEL"], dict(type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="Log level.")),
     ("--log-format", ["AVATARD_LOG_FORMAT"], dict(type=click.Choice(LOG_FORMATS), default="text", show_default=True, help="Log format.")),
 ]

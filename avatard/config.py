@@ -13,7 +13,7 @@ import re
 
 import attrs
 
-from .constants import RATE
+from .constants import MAX_CAMERA_FPS, MAX_TEXT_CHARS, RATE
 from .errors import ConfigError
 
 # Prebuilt voices of the Live API (the 30 HD voices of the native-audio models; the seed's five are among them).
@@ -38,6 +38,10 @@ BRAINS = ("auto", "gemini", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 BARGE_IN = ("auto", "on", "off")
+# --greet model: the arrival becomes a model turn (Gemini greets in its own words) instead of a fixed sentence.
+GREET_MODEL = "model"
+# --greet-after: a day. Longer is a typo; 0 greets every arrival.
+MAX_GREET_AFTER = 86400.0
 # Frame sizes beyond this are not an avatar on an edge box; the limit keeps a typo from allocating gigabytes.
 MAX_FRAME_SIDE = 4096
 # 16 kHz audio must split into whole samples per frame: fps must divide RATE.
@@ -83,6 +87,22 @@ def _record_path(instance, attribute, value):
 def _voice(instance, attribute, value):
     if value not in GEMINI_VOICES:
         raise ConfigError(f"--gemini-voice: unknown voice {value!r}; known: {', '.join(GEMINI_VOICES)}")
+
+
+def _camera(instance, attribute, value):
+    if value is not None and not value.strip().isdigit() and not os.path.exists(value):
+        raise ConfigError(f"--camera: {value!r} is neither a device index nor an existing device or video file")
+
+
+def _camera_fps(instance, attribute, value):
+    if not 0 < value <= MAX_CAMERA_FPS:
+        raise ConfigError(f"--camera-fps: {value:g} must be above 0 and at most {MAX_CAMERA_FPS:g} "
+                          f"(Gemini Live takes at most 1 frame per second)")
+
+
+def _greet(instance, attribute, value):
+    if value is not None and not 0 < len(value.strip()) <= MAX_TEXT_CHARS:
+        raise ConfigError(f"--greet: the greeting must be 1..{MAX_TEXT_CHARS} characters")
 
 
 def _matches(flag: str, pattern: re.Pattern, example: str):
@@ -163,6 +183,12 @@ class Config:
     gestures_file: str | None = attrs.field(default=None, validator=_path_exists("--gestures-file"))
     gesture_cooldown: float = attrs.field(default=3.0, validator=_in_range("--gesture-cooldown", 0, 3600))
 
+    # Vision: the local camera, its rate to the model, and the greeting on arrival.
+    camera: str | None = attrs.field(default=None, validator=_camera)
+    camera_fps: float = attrs.field(default=MAX_CAMERA_FPS, converter=float, validator=_camera_fps)
+    greet: str | None = attrs.field(default=None, validator=_greet)
+    greet_after: float = attrs.field(default=30.0, converter=float, validator=_in_range("--greet-after", 0, MAX_GREET_AFTER))
+
     def __attrs_post_init__(self) -> None:
         if self.renderer == "bithuman" and not (self.model and self.api_secret):
             raise ConfigError("--renderer: bithuman needs --model and --api-secret (or BITHUMAN_MODEL_PATH and BITHUMAN_API_SECRET)")
@@ -183,6 +209,8 @@ class Config:
             raise ConfigError("--viewer-token: needs a different --token (without one every client may talk)")
         if self.server and self.token is None and not self.no_auth and not self.loopback_only:
             raise ConfigError(f"--host: {self.host} is reachable beyond this machine; set --token, or --no-auth on purpose")
+        if self.greet == GREET_MODEL and self.brain_kind != "gemini":
+            raise ConfigError("--greet: model needs the Gemini brain (the offline brain speaks a --greet TEXT)")
 
     @property
     def loopback_only(self) -> bool:
@@ -202,6 +230,11 @@ class Config:
         if self.brain != "auto":
             return self.brain
         return "gemini" if self.gemini_api_key or self.vertex else "local"
+
+    @property
+    def sees(self) -> bool:
+        """Whether camera frames can arrive at all: a local camera, or browsers (server mode)."""
+        return self.camera is not None or self.server
 
     @property
     def samples_per_frame(self) -> int:

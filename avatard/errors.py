@@ -67,5 +67,13 @@ class AsyncioCancelledError(AvatardError):
     """An asyncio task was cancelled from the asyncio side, not by trio (usually: the loop is shutting down)."""
 
 
+class CameraError(AvatardError):
+    """A camera could not be opened or read; the message names the device."""
+
+
+class DetectorUnavailable(AvatardError):
+    """The installed OpenCV has no face detector; the message says why. The daemon runs on without presence."""
+
+
 class BrainFailed(AvatardError):
     """The brain cannot work until the operator changes something (credentials, model, setup); not retried."""

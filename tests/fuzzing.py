@@ -61,7 +61,9 @@ MIN_RATE, MAX_RATE = 8000, 192000
 CONTROL_COMMANDS = ("ping", "status", "interrupt", "replay", "gestures", "gesture", "say", "ask", "subscribe",
                     "snapshot")
 EVENT_KINDS = ("status", "transcription", "gesture", "client", "latency", "error", "frame")
-MAX_LINE_BYTES = 64 * 1024  # control socket: a longer line gets a "too_long" error and the connection closes
+# Control socket: a longer line gets a "too_long" error and the connection closes. Room for one `look` still:
+# 512 KiB of image in base64 (4/3 as long) plus 64 KiB for the JSON around it.
+MAX_LINE_BYTES = 512 * 1024 * 4 // 3 + 64 * 1024
 
 REPLY_TIMEOUT = 10.0  # a reply the daemon owes; a loaded 2-core box answers in milliseconds
 EFFECT_TIMEOUT = 10.0  # transcripts and gestures go through the brain and the event bus
@@ -445,7 +447,7 @@ control_examples = st.one_of(
     _control_payload(),
     _control_payload(),  # twice the weight of the rest
     st.binary(max_size=3000).map(lambda b: Example("control", b, None, None, "random bytes")),
-    st.integers(MAX_LINE_BYTES + 1, 4 * MAX_LINE_BYTES).map(
+    st.integers(MAX_LINE_BYTES + 1, 2 * MAX_LINE_BYTES).map(
         lambda n: Example("control", b"x" * n + b"\n", None, None, f"one {n}-byte line")),
 )
 

@@ -34,6 +34,7 @@ UTTERANCE_QUEUE = 8
 
 class LocalBrain:
     name = "local"
+    sees = False  # no vision model offline: pictures still drive presence and greetings, never this brain
 
     def __init__(self, *, renderer, events: EventBus, latency: LatencyMeter, keywords: KeywordGestures) -> None:
         self._renderer = renderer

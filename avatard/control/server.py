@@ -183,6 +183,12 @@ async def _execute(request: proto.Request, hub: Hub) -> bytes:
         if request.cmd == "ask":
             hub.ask(request.text, "avatarctl")
             return proto.ok()
+        if request.cmd == "look":
+            await hub.look(request.image, "avatarctl")
+            return proto.ok()
+        if request.cmd == "camera":
+            hub.camera(request.state == "on", "avatarctl")
+            return proto.ok(camera=hub.vision.state)
         if request.cmd == "snapshot":
             frame = hub.last_frame
             if frame is None:
@@ -201,7 +207,8 @@ async def _subscribe(stream: trio.SocketStream, hub: Hub, kinds: frozenset[str] 
     with hub.events.subscribe(kinds) as events:
         await _send(stream, proto.ok(subscribed=sorted(kinds) if kinds else "all"))
         if kinds is None or "status" in kinds:  # start with where things stand, then changes
-            for status in (hub.events.last_brain_status, hub.events.last_status):
+            camera = (hub.events.last_camera_status,) if hub.vision is not None else ()
+            for status in (hub.events.last_brain_status, hub.events.last_status, *camera):
                 await _send(stream, proto.encode({"event": "status", "timestamp": None, **status}))
         async with trio.open_nursery() as nursery:
             # Reading detects the client hanging up even while no events flow.

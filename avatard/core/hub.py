@@ -18,8 +18,10 @@ from collections.abc import Sequence
 
 import attrs
 import numpy as np
+import trio
 
-from ..constants import MAX_TEXT_CHARS
+from ..config import GREET_MODEL
+from ..constants import GREET_GESTURE, MAX_TEXT_CHARS
 from ..errors import Busy, Refused
 from .events import EventBus
 from .fanout import FanOut
@@ -28,8 +30,12 @@ from .input_lanes import InputLanes
 from .interfaces import Brain, Part, Renderer, Sink
 from .latency import LatencyMeter
 from .messages import Frame, SayText, UserAudio, UserText
+from .vision import Vision, decode_image
 
 logger = logging.getLogger("avatard.hub")
+
+# --greet model: the turn that lets the model greet in its own words (it sees the camera frames too).
+GREET_PROMPT = "(Someone just walked up to you and is looking at you. Greet them briefly, in your own words.)"
 
 
 @attrs.define(eq=False)
@@ -45,6 +51,9 @@ class Hub:
     front_ends: Sequence[Part] = ()  # their status() keys go to the top level (the WebSocket server's clients)
     local_parts: Sequence[Part] = ()  # shown under "local_io" by name
     audio_file: object | None = None  # the --audio-file source: what replay() restarts
+    vision: Vision | None = None  # camera frames and stills; None: this daemon cannot see
+    camera_device: object | None = None  # the --camera part: what camera on/off starts and stops
+    greeting: str | None = None  # --greet: spoken with a wave on an arrival ("model": a model turn)
     started: float = attrs.field(factory=time.monotonic)
     interrupts: int = attrs.field(default=0, init=False)
 
@@ -111,6 +120,52 @@ class Hub:
     async def user_audio(self, samples: np.ndarray, source: str) -> None:
         await self.inputs.put(UserAudio(samples, source=source))
 
+    # -- vision ----------------------------------------------------------------------------------------
+
+    def _vision(self) -> Vision:
+        if self.vision is None:
+            raise Refused("this daemon has no camera input (start it with --camera or --server)")
+        return self.vision
+
+    async def see(self, image: np.ndarray, source: str) -> None:
+        """A camera frame (BGR) from the local camera or a browser: to the brain and presence, as due."""
+        change = await self._vision().frame(image, source)
+        if change is not None and change.greet and self.greeting is not None:
+            self._greet(source)
+
+    async def see_jpeg(self, jpeg: bytes, source: str) -> None:
+        """A browser's camera frame: decoded in a worker thread (only when it will be used), then as :meth:`see`."""
+        if self._vision().wants(source):
+            await self.see(await trio.to_thread.run_sync(decode_image, jpeg), source)
+
+    async def look(self, image: bytes, source: str) -> None:
+        """An operator's still (any image file OpenCV decodes): to the brain in its turn, camera on or off."""
+        vision = self._vision()
+        await vision.still(await trio.to_thread.run_sync(decode_image, image), source)
+        logger.info("still from %s sent to the brain", source)
+
+    def camera(self, on: bool, source: str) -> None:
+        """``avatarctl camera on|off``: off stops the local camera and ignores browsers' frames."""
+        self._vision().set_on(on, source)
+        if self.camera_device is not None:
+            self.camera_device.enable(on)
+
+    def _greet(self, source: str) -> None:
+        greeting = UserText(GREET_PROMPT, source="presence") if self.greeting == GREET_MODEL else SayText(self.greeting)
+        try:
+            # The shared lane, unbudgeted: the daemon's own input. A full lane means the avatar has plenty to
+            # answer already; a greeting queued behind it would come too late, so it is dropped.
+            self.inputs.put_nowait(greeting)
+        except Busy:
+            logger.info("someone arrived (seen by %s); greeting dropped: the avatar has inputs waiting", source)
+            return
+        logger.info("someone arrived (seen by %s): greeting", source)
+        if isinstance(greeting, SayText):
+            try:
+                self.gesture(GREET_GESTURE, "presence")
+            except Refused as exc:  # a bitHuman model without a wave still says hello
+                logger.info("greeting without a wave: %s", exc)
+
     def _checked(self, text: str) -> str:
         text = text.strip()
         if not text:
@@ -135,6 +190,8 @@ class Hub:
             "clients": 0,  # without a WebSocket server; the server's status() replaces these
             "client_list": [],
         }
+        if self.vision is not None:
+            status.update(self.vision.status())
         for part in self.front_ends:
             status.update(part.status())
         status["local_io"] = {part.name: part.status() for part in self.local_parts}

@@ -6,6 +6,8 @@ everything else:
 
 - typed turns from browsers are put without waiting (:meth:`put_nowait`): a full lane refuses them
   with :class:`Busy`, so a flood is answered with errors, not queued;
+- camera frames and presence greetings are put without waiting too, and dropped when it is full (stale by
+  the time there would be room);
 - audio waits for room (:meth:`put`): speech must not be lost, and waiting stops that source's reader,
   which is TCP backpressure to that one client.
 
@@ -30,8 +32,9 @@ from .messages import UserText
 # Operator requests waiting for the brain. An operator sends a few by hand or from a script; past
 # this they are refused (Busy), never waited for: `avatarctl say` answers within a second.
 OPERATOR_LANE = 8
-# Everything else waiting for the brain: audio chunks (40 ms each) and typed turns. Full: audio
-# waits (backpressure), typed turns are refused.
+# Everything else waiting for the brain: audio chunks (40 ms each), typed turns, camera frames and
+# greetings. Full: audio waits (backpressure), typed turns are refused, camera frames and greetings are
+# dropped (avatard.core.vision, Hub._greet).
 SHARED_LANE = 16
 
 

@@ -480,6 +480,8 @@ class WsServer:
                 await self.hub.user_audio(samples, client.id)
         elif isinstance(msg, wire.TextInput):
             self.hub.user_text(msg.text, client.id)
+        elif isinstance(msg, wire.CameraInput):
+            await self.hub.see_jpeg(msg.jpeg, client.id)
         elif isinstance(msg, wire.Interrupt):
             self.hub.interrupt(client.id)
         elif isinstance(msg, wire.Gesture):
