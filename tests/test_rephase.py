@@ -61,10 +61,7 @@ def renderer() -> BuiltinRenderer:
     return BuiltinRenderer(width=128, height=128, fps=FPS, events=events, latency=LatencyMeter(events, make_registry()))
 
 
-async def test_speech_after_idle_and_interrupts_keep_the_frame_invariants(mock_clock):
-    # The renderer draws in a worker thread; waiting for it must not count as idle, or the clock would jump
-    # mid-draw. A jump only after 0.2 s of real idleness keeps the thread's few ms off the mock timeline.
-    mock_clock.autojump_threshold = 0.2
+async def test_speech_after_idle_and_interrupts_keep_the_frame_invariants(autojump_clock):
     avatar = renderer()
     send, receive = trio.open_memory_channel(1000)
     frames = []
@@ -107,8 +104,7 @@ async def test_speech_after_idle_and_interrupts_keep_the_frame_invariants(mock_c
         assert ((times >= start) & (times < start + 1.0)).sum() <= FPS + 10
 
 
-async def test_a_first_chunk_shorter_than_a_frame_waits_for_a_whole_frame(mock_clock):
-    mock_clock.autojump_threshold = 0.2  # as above: the draw thread must not look idle
+async def test_a_first_chunk_shorter_than_a_frame_waits_for_a_whole_frame(autojump_clock):
     avatar = renderer()
     send, receive = trio.open_memory_channel(1000)
     frames = []

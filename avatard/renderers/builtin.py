@@ -27,6 +27,10 @@ from .speech_buffer import SpeechBuffer
 
 logger = logging.getLogger("avatard.renderer")
 
+# Scheduler passes the clock yields before drawing a frame: enough for a status event to go from the
+# event bus through the WebSocket event pump and a client's sender to its socket (three task hops).
+YIELDS_BEFORE_DRAW = 4
+
 
 
 class BuiltinRenderer:
@@ -130,14 +134,17 @@ class BuiltinRenderer:
         self._starting = self._starting and not real  # speech has started on the grid (a tick came first)
         self._speaking.frame(real, turn_over=self._flushed)
         pose = self._animator.next_pose(audio)
-        # Drawing is the one costly step (~1.5 ms at 512x512 on a quiet box, several on a busy one) and a
-        # pure function of the pose, so it runs in a worker thread (OpenCV releases the GIL): meanwhile the
-        # trio thread keeps sending what is already due -- an interrupt's status, the last frame's audio.
-        # A frame drawn across an interrupt carries the old generation and is silenced by the fan-out.
-        image = await trio.to_thread.run_sync(face.draw, pose, self.width, self.height)
+        # Drawing is the one costly step (~1.5 ms at 512x512 on a quiet box, several on a busy one) and it
+        # holds the trio thread. What is already due goes first: an interrupt's status and the last frame's
+        # audio are a few task steps from the socket (event pump, client sender, trio-websocket), so the
+        # clock lets them run before it draws. Rejected: drawing in a worker thread -- the same effect, but
+        # the hand-off cost 2 % of a core at 25 fps (bench/render.py), more than the budget for this change.
+        for _ in range(YIELDS_BEFORE_DRAW):
+            await trio.lowlevel.checkpoint()
+        image = face.draw(pose, self.width, self.height)
         frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,
                       generation=generation, mouth=pose.mouth, gesture=pose.gesture)
-        # Interrupted while drawing: report (and send) it as the sinks will play it, silent.
+        # Interrupted while yielding: report (and send) it as the sinks will play it, silent.
         frame = silence_if_stale(frame, self._speech.generation)
         self.frames_rendered += 1
         self.last_frame = frame
