@@ -18,6 +18,8 @@ daemon reports and runs on without presence (:func:`avatard.app.make_vision`).
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -39,22 +41,29 @@ MIN_NEIGHBORS = 3
 class FaceDetector:
     """OpenCV's frontal-face cascade. ``detect`` runs in a worker thread, one call at a time (Vision sees to it)."""
 
-    def __init__(self, classifier: cv2.CascadeClassifier) -> None:
-        self._classifier = classifier
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._classifier: cv2.CascadeClassifier | None = None  # parsed on the first detect(), in its worker thread
 
     @classmethod
     def load(cls) -> FaceDetector:
-        """The cascade from the installed OpenCV; DetectorUnavailable naming why when this OpenCV has none."""
+        """The cascade from the installed OpenCV; DetectorUnavailable naming why when this OpenCV has none.
+
+        Only checked here: parsing the 900 KB of XML takes ~20 ms, which a daemon that may never see a face
+        (server mode) should not spend on its way to READY.
+        """
         if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
             raise DetectorUnavailable(f"OpenCV {cv2.__version__} has no CascadeClassifier and no cascades "
                                       f"(OpenCV 5 moved them out); install opencv-python<5")
-        classifier = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
-        if classifier.empty():
-            raise DetectorUnavailable(f"OpenCV {cv2.__version__} could not load {cv2.data.haarcascades}{CASCADE_FILE}")
-        return cls(classifier)
+        path = cv2.data.haarcascades + CASCADE_FILE
+        if not os.path.isfile(path):
+            raise DetectorUnavailable(f"OpenCV {cv2.__version__} has no {path}")
+        return cls(path)
 
     def detect(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Faces in a BGR (or grey) picture as (x, y, w, h) in its own pixels."""
+        if self._classifier is None:
+            self._classifier = cv2.CascadeClassifier(self._path)
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         factor = min(1.0, DETECT_SIDE / max(gray.shape))
         if factor < 1.0:
