@@ -484,3 +484,19 @@ async def test_client_audio_only_and_video_only(autojump_clock):
         nursery.cancel_scope.cancel()
     assert audio_ws.sent == [audio(n) for n in range(10)]
     assert video_ws.sent == [video(n) for n in range(10)]
+
+
+def test_a_peer_that_went_away_ends_only_its_connection():
+    import sys
+
+    from wsproto.utilities import LocalProtocolError
+
+    from avatard.server.websocket import peer_went_away
+    if sys.version_info < (3, 11):
+        from exceptiongroup import BaseExceptionGroup
+
+    pong_while_closing = LocalProtocolError("Event Pong(payload=b'') cannot be sent in state LOCAL_CLOSING.")
+    assert peer_went_away(trio.BrokenResourceError()) and peer_went_away(pong_while_closing)
+    assert peer_went_away(BaseExceptionGroup("reader", [pong_while_closing, trio.ClosedResourceError()]))
+    assert not peer_went_away(BaseExceptionGroup("reader", [pong_while_closing, ValueError("a bug")]))
+    assert not peer_went_away(KeyError("a bug"))

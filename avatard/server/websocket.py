@@ -31,6 +31,10 @@ import time
 import cv2
 import trio
 import trio_websocket
+from wsproto.utilities import LocalProtocolError
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 from ..constants import BROWSER_EVENT_KINDS, RATE
 from ..core import metrics
@@ -361,8 +365,10 @@ class WsServer:
         try:
             with connection.scope:
                 await self._serve_connection(stream, connection, f"{address}:{port}")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except BaseException as exc:
+            if not peer_went_away(exc):
+                raise
+            logger.debug("%s:%s went away: %r", address, port, exc)
         finally:
             self.guard.leave(connection)
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
@@ -493,6 +499,20 @@ class WsServer:
                 client.want_audio = msg.audio
             client.push_json(wire.json_message("status", status="subscribed", video=client.want_video,
                                                audio=client.want_audio, timestamp=time.time()))
+
+
+def peer_went_away(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every leaf of an exception group: trio-websocket's reader runs in our nursery)
+    only says that the peer went away, which ends that one connection and nothing else.
+
+    wsproto's LocalProtocolError is among them: trio-websocket answers a peer's Ping with a Pong even
+    after our Close has put the connection in LOCAL_CLOSING, and wsproto refuses to send it
+    (python-trio/trio-websocket#184, fix proposed in #198). A client pinging while we close it (a refusal,
+    "too slow") must not take the server down.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return all(peer_went_away(inner) for inner in exc.exceptions)
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError))
 
 
 async def _until_done(fn, scope: trio.CancelScope) -> None:
