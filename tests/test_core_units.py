@@ -6,6 +6,7 @@ up" and "the consumer stalled for 0.4 s" are exact statements, not hopes about a
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from avatard.core.messages import Frame
 from avatard.renderers.speech_buffer import SpeechBuffer
 from avatard.server.access import TALK
 from avatard.server.websocket import MAX_AUDIO_BACKLOG, MAX_SEND_STALL, VIDEO_BACKLOG, Client
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 FPS = 25
 PERIOD = 1 / FPS
@@ -487,13 +491,9 @@ async def test_client_audio_only_and_video_only(autojump_clock):
 
 
 def test_a_peer_that_went_away_ends_only_its_connection():
-    import sys
-
     from wsproto.utilities import LocalProtocolError
 
     from avatard.server.websocket import peer_went_away
-    if sys.version_info < (3, 11):
-        from exceptiongroup import BaseExceptionGroup
 
     pong_while_closing = LocalProtocolError("Event Pong(payload=b'') cannot be sent in state LOCAL_CLOSING.")
     assert peer_went_away(trio.BrokenResourceError()) and peer_went_away(pong_while_closing)
