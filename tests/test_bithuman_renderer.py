@@ -38,6 +38,7 @@ from avatard.core.fanout import FanOut
 from avatard.core.hub import Hub
 from avatard.core.input_lanes import InputLanes
 from avatard.core.latency import LatencyMeter
+from avatard.core.messages import FrameAudio
 from avatard.errors import ConfigError, Refused, RendererError, RendererFailed, UnknownGesture
 from avatard.renderers import bithuman as bh
 from avatard.renderers.bithuman import BithumanRenderer, make_bithuman_renderer
@@ -88,6 +89,7 @@ class Collected(list):
     def __init__(self) -> None:
         super().__init__()
         self._arrived = trio.Event()
+        self.audio: list[FrameAudio] = []  # what audio-only sinks were handed
 
     def add(self, frame) -> None:
         self.append(frame)
@@ -107,8 +109,15 @@ async def running(renderer, buffer: int = 256):
     frames = Collected()
 
     async def collect():
-        async for frame in receive:
-            frames.add(frame)
+        async for item in receive:
+            if isinstance(item, FrameAudio):
+                frames.audio.append(item)
+                continue
+            # The SDK's picture and sound come together: the audio is handed out just before its frame.
+            sound = frames.audio[-1]
+            assert (sound.index, sound.timestamp) == (item.index, item.timestamp), "every frame follows its audio"
+            assert np.array_equal(sound.audio, item.audio) or not item.audio.any()
+            frames.add(item)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect)

@@ -15,7 +15,7 @@ import trio.testing
 
 from avatard.core.fanout import FanOut
 from avatard.core.frame_clock import MAX_LAG_FRAMES, FrameClock
-from avatard.core.messages import Frame
+from avatard.core.messages import Frame, FrameAudio
 from avatard.renderers.speech_buffer import SpeechBuffer
 from avatard.server.access import TALK
 from avatard.server.websocket import MAX_AUDIO_BACKLOG, MAX_SEND_STALL, VIDEO_BACKLOG, Client
@@ -121,6 +121,34 @@ async def test_fanout_silences_frames_queued_before_an_interrupt(autojump_clock)
     assert first.speaking is False and first.generation == 1
     assert old.audio.all(), "the renderer's frame itself is left alone (other sinks may share it)"
     assert second is current  # current frames pass untouched
+
+
+async def test_fanout_gives_audio_only_sinks_the_audio_handed_out_at_the_tick(autojump_clock):
+    generation = Generation()
+    fanout = FanOut(generation)
+    send, receive = trio.open_memory_channel(4)
+    heard, seen = [], []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fanout.run, receive)
+        with fanout.sink("speaker", buffer=10, audio_only=True) as speaker, fanout.sink("window", buffer=10) as window:
+            nursery.start_soon(drain, speaker, heard)
+            nursery.start_soon(drain, window, seen)
+            for index in range(3):
+                frame = make_frame(index)
+                await send.send(FrameAudio.of(frame))
+                await send.send(frame)
+            stale = make_frame(3, generation=0)
+            await send.send(FrameAudio.of(stale))
+            await trio.testing.wait_all_tasks_blocked()
+            generation.value = 1  # the interrupt
+            await send.send(FrameAudio.of(make_frame(4, generation=0)))  # rendered before the interrupt
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert [type(item) for item in heard] == [FrameAudio] * 5 and [a.index for a in heard] == [0, 1, 2, 3, 4]
+    assert [type(item) for item in seen] == [Frame] * 3 and [f.index for f in seen] == [0, 1, 2]
+    assert heard[3].audio.all(), "audio taken before the interrupt plays"
+    assert not heard[4].audio.any() and heard[4].generation == 1 and heard[4].speaking is False, \
+        "audio from before an interrupt is silenced where it leaves the fan-out, like a frame's"
 
 
 async def test_fanout_sink_unregisters_on_exit(autojump_clock):

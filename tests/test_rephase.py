@@ -8,6 +8,7 @@ from avatard.constants import RATE
 from avatard.core.events import EventBus
 from avatard.core.frame_clock import MIN_GAP_FRACTION, FrameClock
 from avatard.core.latency import LatencyMeter
+from avatard.core.messages import Frame, FrameAudio
 from avatard.core.metrics import make_registry
 from avatard.renderers.builtin import BuiltinRenderer
 
@@ -56,6 +57,15 @@ async def test_a_burst_of_events_is_at_most_one_frame_each_and_never_closer_than
     assert len(stamps) <= 56 + 0.2 / (MIN_GAP_FRACTION * PERIOD) + 1
 
 
+async def collect(receive, frames: list, handed_out: list | None = None) -> None:
+    """(arrival time, Frame) into ``frames``; every item, FrameAudio included, into ``handed_out``."""
+    async for item in receive:
+        if handed_out is not None:
+            handed_out.append(item)
+        if isinstance(item, Frame):
+            frames.append((trio.current_time(), item))
+
+
 def renderer() -> BuiltinRenderer:
     events = EventBus()
     return BuiltinRenderer(width=128, height=128, fps=FPS, events=events, latency=LatencyMeter(events, make_registry()))
@@ -65,15 +75,12 @@ async def test_speech_after_idle_and_interrupts_keep_the_frame_invariants(autoju
     avatar = renderer()
     send, receive = trio.open_memory_channel(1000)
     frames = []
+    handed_out = []
     speech = (np.sin(np.arange(RATE) / 5) * 8000).astype(np.int16)
     async with trio.open_nursery() as nursery:
         await nursery.start(avatar.run, send)
 
-        async def collect():
-            async for frame in receive:
-                frames.append((trio.current_time(), frame))
-
-        nursery.start_soon(collect)
+        nursery.start_soon(collect, receive, frames, handed_out)
         await trio.sleep(0.5)
         for _ in range(5):
             await trio.sleep(0.017)  # a phase that is not the grid's
@@ -102,6 +109,12 @@ async def test_speech_after_idle_and_interrupts_keep_the_frame_invariants(autoju
     times = np.array([t for t, _ in frames])
     for start in times:
         assert ((times >= start) & (times < start + 1.0)).sum() <= FPS + 10
+    # Each frame's audio was handed out before its picture, with the same samples (silenced alike when an
+    # interrupt landed while the picture was being drawn: the fan-out silences stale audio either way).
+    assert [type(item) for item in handed_out[:2 * len(frames)]] == [FrameAudio, Frame] * len(frames)
+    for sound, (_, frame) in zip(handed_out[0::2], frames):
+        assert (sound.index, sound.timestamp) == (frame.index, frame.timestamp)
+        assert np.array_equal(sound.audio, frame.audio) or not frame.audio.any()
 
 
 async def test_a_first_chunk_shorter_than_a_frame_waits_for_a_whole_frame(autojump_clock):
@@ -113,11 +126,7 @@ async def test_a_first_chunk_shorter_than_a_frame_waits_for_a_whole_frame(autoju
     async with trio.open_nursery() as nursery:
         await nursery.start(avatar.run, send)
 
-        async def collect():
-            async for frame in receive:
-                frames.append((trio.current_time(), frame))
-
-        nursery.start_soon(collect)
+        nursery.start_soon(collect, receive, frames)
         await trio.sleep(0.5 + 0.011)
         first_at = trio.current_time()
         assert await avatar.push_audio(speech[:spf // 2])  # like Gemini's first chunk out of the resampler

@@ -3,6 +3,10 @@
 The renderer is the clock and never waits, so the fan-out never waits either: each sink has its own
 bounded channel, and a sink that has not taken its previous frames loses the new one (counted per sink).
 
+A renderer hands out two things per tick: the frame's :class:`FrameAudio` at the tick, then the
+:class:`Frame` once its picture is drawn. Audio-only sinks (``audio_only=True``: the speaker, the
+WebSocket audio stream) get the first, every other sink the second.
+
 Stale speech is silenced here, once, where a frame leaves the fan-out for a sink: a frame rendered
 before the latest interrupt (an older *generation*) that a sink takes after it gets silent audio, so
 no speech from before an interrupt reaches any sink after it, however long the frame sat in a queue.
@@ -18,26 +22,26 @@ import attrs
 import numpy as np
 import trio
 
-from .messages import Frame
+from .messages import Frame, FrameAudio
 
 logger = logging.getLogger("avatard.fanout")
 
-# Frames the renderer may be ahead of the fan-out task. It only passes references along, so 2 is
-# plenty; the renderer drops (and counts) when even that is full.
-RENDER_QUEUE = 2
+# Items (a FrameAudio and a Frame per tick) the renderer may be ahead of the fan-out task: 2 ticks. It
+# only passes references along, so that is plenty; the renderer drops (and counts) when even that is full.
+RENDER_QUEUE = 4
 # Default per-sink room: 10 frames = 0.4 s at 25 fps, enough to absorb a scheduling hiccup.
 SINK_BUFFER = 10
 
 
-def silence_if_stale(frame: Frame, generation: int) -> Frame:
-    """``frame`` as a sink may play it now that ``generation`` is current."""
+def silence_if_stale(frame: Frame | FrameAudio, generation: int) -> Frame | FrameAudio:
+    """``frame`` (or a frame's audio) as a sink may play it now that ``generation`` is current."""
     if frame.generation == generation:
         return frame
     return attrs.evolve(frame, audio=np.zeros_like(frame.audio), speaking=False, generation=generation)
 
 
 class SinkFrames:
-    """A sink's end of the fan-out: an async iterator of frames, stale ones already silenced."""
+    """A sink's end of the fan-out: an async iterator of frames (or of FrameAudio), stale ones already silenced."""
 
     def __init__(self, receive: trio.MemoryReceiveChannel, current_generation: Callable[[], int]) -> None:
         self._receive = receive
@@ -46,7 +50,7 @@ class SinkFrames:
     def __aiter__(self) -> SinkFrames:
         return self
 
-    async def __anext__(self) -> Frame:
+    async def __anext__(self) -> Frame | FrameAudio:
         try:
             frame = await self._receive.receive()
         except trio.EndOfChannel:
@@ -55,9 +59,10 @@ class SinkFrames:
 
 
 class _Sink:
-    def __init__(self, name: str, send: trio.MemorySendChannel) -> None:
+    def __init__(self, name: str, send: trio.MemorySendChannel, takes: type) -> None:
         self.name = name
         self.send = send
+        self.takes = takes
         self.dropped = 0
 
 
@@ -70,13 +75,14 @@ class FanOut:
         self.frames_dropped = 0
 
     @contextlib.contextmanager
-    def sink(self, name: str, buffer: int = SINK_BUFFER):
-        """Register a sink for the duration of the ``with``; yields its :class:`SinkFrames`.
+    def sink(self, name: str, buffer: int = SINK_BUFFER, *, audio_only: bool = False):
+        """Register a sink for the duration of the ``with``; yields its :class:`SinkFrames`, of
+        :class:`FrameAudio` if ``audio_only`` (handed out at each tick, before the picture is drawn).
 
         Full-policy: when the sink has ``buffer`` frames waiting, the new frame is dropped for it (counted).
         """
         send, receive = trio.open_memory_channel(buffer)
-        entry = _Sink(name, send)
+        entry = _Sink(name, send, FrameAudio if audio_only else Frame)
         self._sinks.append(entry)
         try:
             yield SinkFrames(receive, self._current_generation)
@@ -91,6 +97,8 @@ class FanOut:
         async with frames:
             async for frame in frames:
                 for sink in self._sinks:
+                    if type(frame) is not sink.takes:
+                        continue
                     try:
                         sink.send.send_nowait(frame)
                     except trio.WouldBlock:

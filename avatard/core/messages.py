@@ -58,6 +58,29 @@ class Frame:
 
 
 @attrs.frozen
+class FrameAudio:
+    """A frame's audio, handed out at its tick, before its picture is drawn.
+
+    Audio-only sinks (the speaker, the WebSocket audio stream) take these instead of frames, so the first
+    word of an answer and the silence after an interrupt are not held behind the drawing (a few ms, more on
+    a busy box). The :class:`Frame` with the same ``index`` follows with the same samples; a frame's audio
+    always goes out before its picture, as it already did behind the JPEG encoder.
+    """
+
+    index: int
+    timestamp: float  # the Frame's presentation time
+    audio: np.ndarray = attrs.field(eq=False, repr=False)  # int16 mono, 16 kHz, 16000/fps samples
+    speaking: bool
+    generation: int
+
+    @classmethod
+    def of(cls, frame: Frame) -> FrameAudio:
+        """The audio of a frame already drawn (renderers whose pictures come with their sound)."""
+        return cls(index=frame.index, timestamp=frame.timestamp, audio=frame.audio, speaking=frame.speaking,
+                   generation=frame.generation)
+
+
+@attrs.frozen
 class Event:
     """Something operators and clients hear about: status, transcription, gesture, client, latency, frame."""
 

@@ -183,7 +183,7 @@ class Speaker:
             self.latency = stream.latency
             logger.info("speaker: %s (%d Hz, %d ch, %.0f ms device latency)", self.choice.name, self.choice.rate,
                         self.choice.channels, stream.latency * 1000)
-            with fanout.sink("speaker", SINK_BUFFER) as frames:
+            with fanout.sink("speaker", SINK_BUFFER, audio_only=True) as frames:
                 task_status.started()
                 async for frame in frames:
                     self._ring.write(self._resampler.process(frame.audio))

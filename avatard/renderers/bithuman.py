@@ -83,7 +83,7 @@ from ..core.audio import StreamResampler
 from ..core.events import EventBus
 from ..core.frame_clock import FrameClock
 from ..core.latency import LatencyMeter
-from ..core.messages import Frame
+from ..core.messages import Frame, FrameAudio
 from ..errors import AsyncioCancelledError, ConfigError, RendererError, RendererFailed, UnknownGesture
 from .animator import mouth_target
 from .bithuman_errors import check_model_file, classify, describe, startup_error
@@ -406,10 +406,12 @@ class BithumanRenderer:
                 if self._starts_speech(tag, video_frame):
                     self._ticks.rephase()  # the answer's first frame goes out now, not at the next tick
                 frame = self._render(tag, video_frame, *await self._ticks.next_tick())
-                try:
-                    frames.send_nowait(frame)
-                except trio.WouldBlock:
-                    self.frames_dropped += 1  # as in the built-in renderer: the clock never waits
+                # The SDK hands picture and sound over together: the audio goes first only by a hop.
+                for item in (FrameAudio.of(frame), frame):
+                    try:
+                        frames.send_nowait(item)
+                    except trio.WouldBlock:
+                        self.frames_dropped += 1  # as in the built-in renderer: the clock never waits
             tag, video_frame = await self._next(stream, self._stall_timeout)
 
     def _starts_speech(self, tag: int, video_frame) -> bool:

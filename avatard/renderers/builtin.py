@@ -18,7 +18,7 @@ from ..core.events import EventBus
 from ..core.fanout import silence_if_stale
 from ..core.frame_clock import FrameClock
 from ..core.latency import LatencyMeter
-from ..core.messages import Frame
+from ..core.messages import Frame, FrameAudio
 from . import face
 from .animator import Animator
 from .report import renderer_status
@@ -116,28 +116,33 @@ class BuiltinRenderer:
         self._clock = FrameClock(self.fps, "renderer")
         async with frames:
             while True:
-                frame = await self._render(*await self._clock.next_tick())
+                frame = await self._render(frames, *await self._clock.next_tick())
                 if self.frames_rendered == 1:
                     task_status.started()
-                try:
-                    frames.send_nowait(frame)
-                except trio.WouldBlock:
-                    # The fan-out is an in-process task that only copies references; if it is this far
-                    # behind, holding the clock would make every sink late. Drop and count instead.
-                    self.frames_dropped += 1
+                self._hand_out(frames, frame)
+
+    def _hand_out(self, frames: trio.MemorySendChannel, item: Frame | FrameAudio) -> None:
+        try:
+            frames.send_nowait(item)
+        except trio.WouldBlock:
+            # The fan-out is an in-process task that only copies references; if it is this far
+            # behind, holding the clock would make every sink late. Drop and count instead.
+            self.frames_dropped += 1
 
     # -- internals --------------------------------------------------------------------------------
 
-    async def _render(self, index: int, timestamp: float) -> Frame:
+    async def _render(self, frames: trio.MemorySendChannel, index: int, timestamp: float) -> Frame:
         generation = self._speech.generation
         audio, real = self._speech.take(self.samples_per_frame)
         self._starting = self._starting and not real  # speech has started on the grid (a tick came first)
         self._speaking.frame(real, turn_over=self._flushed)
+        self._hand_out(frames, FrameAudio(index=index, timestamp=timestamp, audio=audio, speaking=self.speaking,
+                                          generation=generation))
         pose = self._animator.next_pose(audio)
-        # Drawing is the one costly step (~1.5 ms at 512x512 on a quiet box, several on a busy one) and it
-        # holds the trio thread. What is already due goes first: an interrupt's status and the last frame's
-        # audio are a few task steps from the socket (event pump, client sender, trio-websocket), so the
-        # clock lets them run before it draws. Rejected: drawing in a worker thread -- the same effect, but
+        # Drawing is the one costly step (~2.5 ms at 512x512 on a quiet box, 7 while another thread holds
+        # the GIL half the time) and it holds the trio thread. What is already due goes first: this frame's
+        # audio and an interrupt's status are a few task steps from the socket (fan-out, audio pump or event
+        # pump, client sender, trio-websocket), so the clock lets them run before it draws. Rejected: drawing in a worker thread -- the same effect, but
         # the hand-off cost 2 % of a core at 25 fps (bench/render.py), more than the budget for this change.
         for _ in range(YIELDS_BEFORE_DRAW):
             await trio.lowlevel.checkpoint()

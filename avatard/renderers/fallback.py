@@ -42,9 +42,10 @@ from .report import renderer_status
 
 logger = logging.getLogger("avatard.renderer")
 
-# Frames between the fallback renderer and the forwarder that re-numbers their generation: it only
-# passes references on, so one is enough; the built-in renderer drops (and counts) if even that is full.
-FORWARD_QUEUE = 1
+# Items between the fallback renderer and the forwarder that re-numbers their generation: it only passes
+# references on, so room for one tick (a FrameAudio and its Frame) is enough; the built-in renderer
+# drops (and counts) if even that is full.
+FORWARD_QUEUE = 2
 FALLBACK_NAME = "builtin (fallback)"
 
 

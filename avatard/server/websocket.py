@@ -305,12 +305,13 @@ class WsServer:
 
     # -- fan-out to clients -----------------------------------------------------------------------
 
-    # Audio and video are two fan-out sinks: a frame's audio goes to every client the moment the frame
-    # exists, never behind the JPEG encoding of the frame before it (a re-phased frame can follow its
-    # predecessor by 5 ms, while encoding takes ~3); its video follows once encoded, with the same timestamp.
+    # Audio and video are two fan-out sinks: a frame's audio goes to every client at the frame's tick,
+    # before its picture is drawn and never behind the JPEG encoding of the frame before it (a re-phased
+    # frame can follow its predecessor by 5 ms, while encoding takes ~3); its video follows once drawn and
+    # encoded, with the same timestamp.
 
     async def _audio_pump(self) -> None:
-        with self.fanout.sink("websocket-audio", AUDIO_SINK_BUFFER) as frames:
+        with self.fanout.sink("websocket-audio", AUDIO_SINK_BUFFER, audio_only=True) as frames:
             async for frame in frames:
                 if not self.clients:
                     continue
