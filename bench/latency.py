@@ -80,6 +80,7 @@ class View:
     after_status_silent: bool | None = None
     leaks: int = 0  # non-silent chunks after the status
     listening: bool = False  # `listening` status after the status
+    latency: dict | None = None  # the daemon's `latency` event for this turn (its own stages)
 
 
 @attrs.define
@@ -150,6 +151,8 @@ async def _reader(bench: Bench, client: Client) -> None:
                         view.leaks += 1
                 continue
             data = json.loads(message).get("data", {})
+            if "audio_to_frame_ms" in data and view.latency is None:
+                view.latency = data
             if data.get("status") == "interrupted" and view.status_at is None:
                 view.status_at, view.status_stamp = now, data.get("timestamp")
             elif data.get("status") == "listening" and view.status_at is not None:
@@ -293,6 +296,18 @@ def tick_to_client(run: Run) -> list[float]:
     return _ms(v.speech_at + run.wall_offset - v.speech_tick for t in run.turns for v in t.views)
 
 
+def daemon_stage(run: Run, name: str) -> list[float]:
+    """A stage the daemon reports in its `latency` event (one per turn: client 1's copy)."""
+    return [t.views[0].latency[name] for t in run.turns if t.views[0].latency and name in t.views[0].latency]
+
+
+def to_daemon(run: Run) -> list[float]:
+    """Model audio sent -> the daemon's trio side has it (TLS, the SDK's parsing, the asyncio bridge): the wait
+    for the tick minus the daemon's own audio -> frame."""
+    return [1000 * (t.views[0].speech_tick - (t.model_audio_at + run.wall_offset)) - t.views[0].latency["audio_to_frame_ms"]
+            for t in run.turns if t.model_audio_at is not None and t.views[0].latency]
+
+
 def end_to_end(run: Run) -> list[float]:
     return _ms(v.speech_at - t.sent_at for t in run.turns for v in t.views)
 
@@ -362,6 +377,11 @@ def main() -> None:
     rows = [
         ["(a) model audio sent -> first speech chunk at client", stats(speech_out(gem)), "n/a (no model audio)"],
         ["    of which: audio sent -> its renderer tick", stats(to_tick(gem)), "-"],
+        ["      stage: audio sent -> in the daemon (TLS, SDK parse, bridge)", stats(to_daemon(gem)), "-"],
+        ["      stage: first audio -> a whole frame queued (resampler, next chunk)",
+         stats(daemon_stage(gem, "audio_to_queued_ms")), "-"],
+        ["      stage: whole frame queued -> its tick (re-phase, min gap)",
+         *both(lambda r: stats(daemon_stage(r, "queued_to_frame_ms")))],
         ["    of which: tick -> chunk at client", *both(lambda r: stats(tick_to_client(r)))],
         ["text_input sent -> first speech chunk (end to end)", *both(lambda r: stats(end_to_end(r)))],
         ["daemon: audio_to_frame histogram", *both(histogram, "audio_to_frame")],

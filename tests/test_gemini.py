@@ -132,6 +132,11 @@ def test_text_turn_speaks_with_transcripts_and_latency(gemini_daemon, backend, l
     assert len(frames) > 25 and max(f["rms"] for f in frames) > 300 and max(f["mouth"] for f in frames) > 0.3
     latency = [e for e in events if e["event"] == "latency"]
     assert latency and latency[0]["total_ms"] < 1000
+    # The reply's first 40 ms chunk at 24 kHz leaves the resampler as less than a frame at 16 kHz, so the
+    # renderer re-phases once the next chunk has made a whole frame: the two stages add up to the whole.
+    first = latency[0]
+    assert first["audio_to_queued_ms"] >= 0 and first["queued_to_frame_ms"] >= 0
+    assert first["audio_to_queued_ms"] + first["queued_to_frame_ms"] == pytest.approx(first["audio_to_frame_ms"], abs=0.11)
     assert json.loads(gemini_daemon.ctl("status", "--json").stdout)["last_latency"]["total_ms"] > 0
     setup = json.dumps(live.setups[0])
     assert "inputAudioTranscription" in setup and "Puck" in setup

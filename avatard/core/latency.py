@@ -24,6 +24,7 @@ class LatencyMeter:
         self._events = events
         self._input_end: float | None = None
         self._first_audio: float | None = None
+        self._queued: float | None = None  # a whole frame of the answer's speech was queued
         self._interrupted_at: float | None = None
         self.last: dict | None = None
         self.input_to_audio = prometheus_client.Histogram(
@@ -39,26 +40,38 @@ class LatencyMeter:
     def user_input_ended(self, ago: float = 0.0) -> None:
         """The user finished a turn now (or ``ago`` seconds ago, when detected after a pause)."""
         self._input_end = trio.current_time() - ago
-        self._first_audio = None
+        self._first_audio = self._queued = None
 
     def model_audio(self) -> None:
         if self._input_end is not None and self._first_audio is None:
             self._first_audio = trio.current_time()
 
+    def speech_queued(self) -> None:
+        """Called by the renderer when a whole frame of a turn's first speech is queued (it re-phases then)."""
+        if self._input_end is not None and self._queued is None:
+            self._queued = trio.current_time()
+
     def frame_out(self) -> None:
-        """Called by the renderer for the first speaking frame of a turn."""
+        """Called by the renderer for the first speaking frame of a turn.
+
+        ``audio_to_frame`` splits into ``audio_to_queued`` (until a whole frame of speech is queued: the
+        resampler's delay and the next chunk) and ``queued_to_frame`` (the clock: the re-phase and its gap).
+        """
         if self._input_end is None:
             return
         now = trio.current_time()
         first_audio = self._first_audio if self._first_audio is not None else now
+        queued = min(max(self._queued if self._queued is not None else now, first_audio), now)
         self.input_to_audio.observe(first_audio - self._input_end)
         self.audio_to_frame.observe(now - first_audio)
         self.last = {
             "input_to_audio_ms": round((first_audio - self._input_end) * 1000, 1),
             "audio_to_frame_ms": round((now - first_audio) * 1000, 1),
+            "audio_to_queued_ms": round((queued - first_audio) * 1000, 1),
+            "queued_to_frame_ms": round((now - queued) * 1000, 1),
             "total_ms": round((now - self._input_end) * 1000, 1),
         }
-        self._input_end = self._first_audio = None
+        self._input_end = self._first_audio = self._queued = None
         self._events.publish("latency", **self.last)
 
     def p95_ms(self) -> dict:
@@ -68,7 +81,7 @@ class LatencyMeter:
             ("interrupt_to_silence", self.interrupt_to_silence))}
 
     def interrupted(self) -> None:
-        self._input_end = self._first_audio = None
+        self._input_end = self._first_audio = self._queued = None
         self._interrupted_at = trio.current_time()
 
     def silent_frame_out(self) -> None:

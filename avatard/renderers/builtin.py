@@ -87,6 +87,7 @@ class BuiltinRenderer:
         queued = await self._speech.put(samples)
         if queued and self._starting and self._speech.pending >= self.samples_per_frame and self._clock is not None:
             self._starting = False
+            self._latency.speech_queued()
             self._clock.rephase()
         return queued
 
