@@ -815,14 +815,19 @@ class FrameWatcher:
     def report(self, since: int = 0) -> FrameReport:
         stamps = self.stamps[since:]
         missing = longest = irregular = 0
+        short_before = False
         for a, b in zip(stamps, stamps[1:]):
             steps = (b - a) / PERIOD
             # A step is whole periods (k - 1 frames missed), or a re-phase: the clock moved its grid on an
-            # interrupt or a speech start, so the step ends early by a fraction -- never below the clock's
-            # minimum gap (avatard/core/frame_clock.py).
+            # interrupt or a speech start, so the step ends early by a fraction. A re-phase may follow a
+            # regular tick at once, but two re-phased ticks are never closer than the clock's minimum gap,
+            # so no two steps in a row are that short (avatard/core/frame_clock.py).
             whole = math.floor(steps + 0.05)
-            if steps < MIN_GAP_FRACTION - 0.01:
+            short = steps < MIN_GAP_FRACTION - 0.01
+            if steps <= 0 or (short and short_before):
                 irregular += 1
+            short_before = short
+            if short:
                 continue
             missing += max(whole, 1) - 1
             longest = max(longest, max(whole, 1) - 1)

@@ -51,10 +51,29 @@ async def test_a_burst_of_events_is_at_most_one_frame_each_and_never_closer_than
         nursery.cancel_scope.cancel()
     gaps = np.diff(stamps)
     assert (gaps > 0).all(), "timestamps strictly increase"
-    assert gaps.min() >= MIN_GAP_FRACTION * PERIOD - 1e-6  # epoch floats resolve ~0.2 µs
+    # A re-phase may follow a regular tick at once; two re-phased ticks keep the minimum gap, so no two
+    # intervals in a row are shorter than it (epoch floats resolve ~0.2 µs).
+    short = gaps < MIN_GAP_FRACTION * PERIOD - 1e-6
+    assert short.any(), "a re-phase after a regular tick goes at once (an interval shorter than the gap)"
+    assert not (short[1:] & short[:-1]).any()
     # 2.2 s of plain ticks is 55 frames; each event may add at most one, and the gap bounds the burst.
     assert len(stamps) <= 56 + events
     assert len(stamps) <= 56 + 0.2 / (MIN_GAP_FRACTION * PERIOD) + 1
+
+
+async def test_a_rephase_just_after_a_tick_is_at_once_and_the_next_keeps_the_gap(autojump_clock):
+    clock = FrameClock(FPS, "test")
+    _, regular = await clock.next_tick()
+    at = trio.current_time()
+    clock.rephase()  # the instant the regular tick went out (an answer arriving just after it)
+    _, first = await clock.next_tick()
+    assert trio.current_time() - at < 0.01 * PERIOD, "no wait for the minimum gap after a regular tick"
+    assert first > regular, "but never at the same instant"
+    clock.rephase()  # a second event at once: a burst of events is not a burst of frames
+    _, second = await clock.next_tick()
+    assert second - first == pytest.approx(MIN_GAP_FRACTION * PERIOD, abs=1e-6)
+    _, following = await clock.next_tick()
+    assert following - second == pytest.approx(PERIOD, abs=1e-6), "the grid goes on from the last re-phase"
 
 
 async def collect(receive, frames: list, handed_out: list | None = None) -> None:

@@ -6,7 +6,11 @@ next tick is due at once (speech arriving while the avatar is idle, an interrupt
 on from that moment. Each event costs at most one short interval; frames still carry exactly RATE/fps
 samples, indices and timestamps still increase strictly, and over any second there are at most fps
 frames plus one per event. A burst of events cannot turn into a burst of frames: a re-phased tick is never
-closer than :data:`MIN_GAP_FRACTION` of a period to the one before it.
+closer than :data:`MIN_GAP_FRACTION` of a period to the re-phased tick before it. It may follow a regular
+tick at once: the event that lands just after a tick (one in eight, at a random phase) would otherwise wait
+up to 5 ms, and the sinks take two frames in a row like any other two (each has its own samples and
+timestamp; the speaker drops queued idle silence when speech starts). So no two consecutive intervals are
+both shorter than the minimum gap.
 
 Rejected: rendering an extra frame on each event while keeping the grid. It doubles the frames of a busy
 second and still leaves the following frames on the old phase.
@@ -15,6 +19,7 @@ second and still leaves the following frames on the old phase.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import trio
@@ -24,20 +29,25 @@ logger = logging.getLogger("avatard.clock")
 # Further behind than this (a stalled CPU, a debugger, a late SDK frame), the clock skips ahead instead
 # of rushing out a burst of frames that would all be late anyway; skipped ticks are counted.
 MAX_LAG_FRAMES = 5
-# The shortest interval a re-phase may create (5 ms at 25 fps): sinks never see two frames at once,
-# and a flood of interrupts is at most 8 frames per period, each carrying its own samples.
+# The shortest interval between two re-phased ticks (5 ms at 25 fps): a flood of interrupts is at most
+# 8 frames per period, each carrying its own samples.
 MIN_GAP_FRACTION = 0.125
+# After a regular tick, a re-phased one comes at once but never at the same instant (timestamps increase
+# strictly, with room to spare for epoch floats, which resolve ~0.2 us): 40 us at 25 fps.
+MIN_STEP_FRACTION = 0.001
 
 
 class FrameClock:
     def __init__(self, fps: int, name: str) -> None:
         self._period = 1.0 / fps
         self._min_gap = MIN_GAP_FRACTION * self._period
+        self._min_step = MIN_STEP_FRACTION * self._period
         self._name = name
         self._start = trio.current_time()
         self._wall_offset = time.time() - self._start
         self._tick = 0
-        self._last: float | None = None  # trio time of the last tick handed out
+        self._last = -math.inf  # trio time of the last tick handed out
+        self._last_rephased = -math.inf  # trio time of the last re-phased tick
         self._wake = trio.Event()  # set by rephase(): the pending tick is due now
         self.skipped = 0
         self.rephased = 0
@@ -54,11 +64,12 @@ class FrameClock:
         if self._wake.is_set():
             self._wake = trio.Event()
             now = trio.current_time()
-            earliest = now if self._last is None else max(now, self._last + self._min_gap)
+            earliest = max(now, self._last + self._min_step, self._last_rephased + self._min_gap)
             if earliest < deadline:
                 await trio.sleep_until(earliest)
                 self._start = earliest - self._tick * self._period  # the grid goes on from here
                 deadline = earliest
+                self._last_rephased = earliest
                 self.rephased += 1
             else:
                 await trio.sleep_until(deadline)
