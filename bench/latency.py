@@ -24,6 +24,13 @@ daemon's. ``--clients`` WebSocket clients
    chunk after it has arrived silent. Non-silent chunks after ``interrupted`` are counted as leaks (must be
    0). Also shown: the first silent chunk whatever its order relative to the status.
 
+Local speaker (``--speaker-turns``, default 20; 0 skips it): a local-mode daemon (offline brain) plays
+through a private PulseAudio (null sink) with its window on a private Xvfb, as the local tests do
+(tests/localenv.py). Each turn ``say``s a long sentence, interrupts it 0.2-0.6 s into the speech, and
+reads the speaker's own report: interrupt -> the next block the card takes (silent from there on, as the
+interrupt cleared the ring), plus the device latency PortAudio reports (what was already in the card still
+plays). Goal: within the device latency + 10 ms.
+
 Side by side: the same loop against the offline brain (espeak; no model, so only end to end text -> first
 speech) as the baseline, and the daemon's own histograms from ``GET /metrics`` over the counted turns
 (``avatard_latency_audio_to_frame_seconds``: brain hands audio over -> its frame rendered;
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -346,6 +354,47 @@ def verdict(values_ms: list[float], goal_ms: float = GOAL_MS) -> str:
     return "ok" if values_ms and c.percentile(values_ms, 95) <= goal_ms else "MISS"
 
 
+SPEAKER_SENTENCE = ("This is a long sentence that keeps going and going, so that there is plenty of time "
+                    "to interrupt it somewhere in the middle of a word. ") * 2
+SPEAKER_GOAL_MS = 10.0  # beyond the device latency
+SPEAKER_FLOWING_BLOCKS = 200  # 2 s of 10 ms blocks: PulseAudio's stream has settled
+
+
+def run_speaker(turns: int) -> tuple[list[float], float | None]:
+    """Interrupt -> next block taken by the card, per turn (ms), and the device latency (ms)."""
+    import localenv  # tests/, on the path through _gemini
+
+    pulse, xvfb = localenv.Pulse(), localenv.Xvfb()
+    saved = dict(os.environ)
+    os.environ.update({**pulse.env, **xvfb.env()})
+    try:
+        with c.Daemon.start() as daemon:
+            deadline = time.monotonic() + TURN_TIMEOUT
+            while daemon.status()["local_io"]["speaker"]["blocks_played"] < SPEAKER_FLOWING_BLOCKS:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the speaker did not start playing")
+                time.sleep(0.05)
+            speaker = {}
+            for _ in range(turns):
+                if daemon.request("say", text=SPEAKER_SENTENCE).get("ok") is not True:
+                    raise RuntimeError("say refused")
+                deadline = time.monotonic() + TURN_TIMEOUT
+                while not daemon.status().get("speaking"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the local daemon did not start speaking")
+                    time.sleep(0.01)
+                time.sleep(random.uniform(0.2, 0.6))
+                daemon.request("interrupt")
+                time.sleep(0.2)
+                speaker = daemon.status()["local_io"]["speaker"]
+            return speaker["interrupt_to_block_ms"][-turns:], speaker["latency_ms"]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        xvfb.close()
+        pulse.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--turns", type=int, default=30, help="counted turns per brain")
@@ -354,6 +403,8 @@ def main() -> None:
     parser.add_argument("--server-in-process", action="store_true",
                         help="run the Live test server in a thread of this process (default: a child process)")
     parser.add_argument("--no-local", action="store_true", help="skip the offline-brain baseline")
+    parser.add_argument("--speaker-turns", type=int, default=20,
+                        help="interrupts of a local-mode daemon's speaker (PulseAudio + Xvfb); 0 skips them")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     args = parser.parse_args()
     if not 3 <= args.turns <= 1000 or not 1 <= args.clients <= 50 or not 0 <= args.warmup <= 20:
@@ -370,6 +421,10 @@ def main() -> None:
         print("  running: offline brain (baseline) ...", flush=True)
         runs.append(run_local(args.clients, args.turns, args.warmup))
     local = runs[1] if len(runs) > 1 else None
+    speaker_ms, device_ms = [], None
+    if args.speaker_turns:
+        print("  running: local mode, speaker on a private PulseAudio ...", flush=True)
+        speaker_ms, device_ms = run_speaker(args.speaker_turns)
 
     def both(fn, *fn_args) -> list[str]:
         return [fn(gem, *fn_args), fn(local, *fn_args) if local is not None else "-"]
@@ -403,6 +458,10 @@ def main() -> None:
           f"(b) goal: {verdict(to_silence(gem))}"
           + (f"; offline text -> speech goal: {verdict(end_to_end(local), OFFLINE_TEXT_GOAL_MS)}" if local else ""))
     print("(avatarctl rows: timed from the daemon's `interrupted` event timestamp, see the docstring)")
+    if speaker_ms:
+        print(f"local speaker: interrupt -> next block taken by the card {stats(speaker_ms)}, then the device's "
+              f"{device_ms:g} ms; goal <= device + {SPEAKER_GOAL_MS:g} ms: "
+              f"{verdict(speaker_ms, SPEAKER_GOAL_MS)}")
 
     if args.no_readme:
         return
@@ -411,7 +470,11 @@ def main() -> None:
         ("latency: model audio -> speech out (a)",
          f"{stats(speech_out(gem))}; of which wait for the tick p50 {c.percentile(to_tick(gem), 50):.0f} / "
          f"p95 {c.percentile(to_tick(gem), 95):.0f} ms, tick -> client p50 {c.percentile(tick_to_client(gem), 50):.0f} / "
-         f"p95 {c.percentile(tick_to_client(gem), 95):.0f} ms; daemon histogram audio_to_frame "
+         f"p95 {c.percentile(tick_to_client(gem), 95):.0f} ms; stages p50/p95: into the daemon "
+         f"{c.percentile(to_daemon(gem), 50):.1f}/{c.percentile(to_daemon(gem), 95):.1f}, whole frame queued "
+         f"{c.percentile(daemon_stage(gem, 'audio_to_queued_ms'), 50):.1f}/{c.percentile(daemon_stage(gem, 'audio_to_queued_ms'), 95):.1f}, "
+         f"queued -> tick {c.percentile(daemon_stage(gem, 'queued_to_frame_ms'), 50):.1f}/"
+         f"{c.percentile(daemon_stage(gem, 'queued_to_frame_ms'), 95):.1f} ms; daemon histogram audio_to_frame "
          f"{histogram(gem, 'audio_to_frame')}", f"p95 <= {GOAL_MS:g} ms"),
         ("latency: text -> first speech, end to end",
          f"Gemini (instant test server) {stats(end_to_end(gem))}"
@@ -424,6 +487,10 @@ def main() -> None:
          f"{histogram(gem, 'interrupt_to_silence')}"
          + (f"; offline brain {stats(to_silence(local))}" if local else ""), f"p95 <= {GOAL_MS:g} ms, no speech after"),
     ]
+    if speaker_ms:
+        figures.append(("latency: interrupt -> local speaker silent",
+                        f"next block taken by the card {stats(speaker_ms)}, then the device latency {device_ms:g} ms "
+                        "(PulseAudio null sink)", f"device latency + {SPEAKER_GOAL_MS:g} ms"))
     c.update_readme("latency", figures)
 
 

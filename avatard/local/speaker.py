@@ -24,8 +24,10 @@ very next callback plays silence: speech stops within one block plus the device'
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+import time
 
 import numpy as np
 import trio
@@ -52,6 +54,8 @@ TRIM_WINDOW_SECONDS = 1.0
 # Frames waiting for the writer task; it only copies samples, so falling behind means the process is
 # starved and dropping (counted by the fan-out) beats playing stale audio late.
 SINK_BUFFER = 4
+# Interrupts whose time to the next played block status keeps (the oldest goes first).
+INTERRUPTS_KEPT = 16
 # PortAudio's suggested output latency: four blocks. The callback is Python and competes for the GIL
 # with drawing and encoding, so some slack rides out a busy moment; it is also what still plays after
 # an interrupt. (PulseAudio through ALSA grants 40 ms at the least.)
@@ -166,6 +170,10 @@ class Speaker:
         self.device_underflows = 0  # PortAudio's own report: the callback was late for the card
         self.flushed_samples = 0
         self.latency: float | None = None
+        self._flushed_at: float | None = None  # perf_counter() of the last interrupt, until a block is played
+        # Seconds from an interrupt to the next block handed to the card (silent from there on): the last
+        # few, for status. What still plays after that is the device's latency.
+        self.interrupt_to_block: collections.deque[float] = collections.deque(maxlen=INTERRUPTS_KEPT)
 
     def delay(self) -> float:
         """Seconds from a sample entering the ring to the card playing it: how late the voice is."""
@@ -173,6 +181,7 @@ class Speaker:
 
     def flush(self) -> None:
         """Interrupt hook: silence from the next block on."""
+        self._flushed_at = time.perf_counter()
         self.flushed_samples += self._ring.clear()
         self._resampler.reset()
 
@@ -205,11 +214,15 @@ class Speaker:
         return stream
 
     def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:
-        # PortAudio's thread: no allocation beyond numpy views, no logging, no waiting on trio.
+        # PortAudio's thread: no allocation beyond numpy views and a float, no logging, no waiting on trio.
         self.blocks_played += 1
         if status.output_underflow:
             self.device_underflows += 1
         self._ring.read_into(outdata[:, 0])
+        flushed_at = self._flushed_at
+        if flushed_at is not None:
+            self._flushed_at = None
+            self.interrupt_to_block.append(time.perf_counter() - flushed_at)
         if self.choice.channels > 1:
             outdata[:, 1:] = outdata[:, :1]
 
@@ -220,4 +233,5 @@ class Speaker:
                 "trimmed_samples": self._ring.trimmed_samples,
                 "device_underflows": self.device_underflows, "flushed_samples": self.flushed_samples,
                 "queued_samples": self._ring.queued,
-                "latency_ms": round(self.latency * 1000, 1) if self.latency is not None else None}
+                "latency_ms": round(self.latency * 1000, 1) if self.latency is not None else None,
+                "interrupt_to_block_ms": [round(seconds * 1000, 2) for seconds in self.interrupt_to_block]}
