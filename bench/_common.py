@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 README = BENCH_DIR / "README.md"
