@@ -310,7 +310,7 @@ def warnings(log: str) -> list[str]:
     return [line for line in log.splitlines() if " WARNING " in line and "avatard.ws" in line]
 
 
-def test_beyond_loopback_one_warning_says_what_is_exposed_and_how_to_close_it(daemon_factory, tmp):
+def test_beyond_loopback_one_warning_says_what_is_exposed_and_how_to_close_it(daemon_factory, tmp, issued):
     beyond = ("--server", "--host", "0.0.0.0", "--port", "0")
     token_only = daemon_factory(*beyond, env={"STATE_DIRECTORY": str(tmp / "a")})
     [warning] = warnings(token_only.log())
@@ -325,8 +325,16 @@ def test_beyond_loopback_one_warning_says_what_is_exposed_and_how_to_close_it(da
 
     secured = daemon_factory(*beyond, "--tls", "self-signed", env={"STATE_DIRECTORY": str(tmp / "c")})
     assert warnings(secured.log()) == []
-    assert re.search(r"open https://[^ ]+:\d+/\?token=<token> in a browser", secured.log())
+    shown = re.search(r"open https://\[?([^ \]]+)\]?:(\d+)/\?token=<token> in a browser", secured.log())
+    assert shown.group(1) in secured.status()["tls"]["names"] and int(shown.group(2)) == secured.port
     secured.stop()
+
+    cert_path, key_path = issued  # a given certificate: its DNS name is the one to open
+    given = daemon_factory(*beyond, "--tls-cert", str(cert_path), "--tls-key", str(key_path),
+                           env={"STATE_DIRECTORY": str(tmp / "d")})
+    assert warnings(given.log()) == []
+    assert f"open https://avatar.test:{given.port}/?token=<token> in a browser" in given.log()
+    given.stop()
 
     loopback = daemon_factory()
     assert warnings(loopback.log()) == []

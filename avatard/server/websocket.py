@@ -37,7 +37,7 @@ from wsproto.utilities import LocalProtocolError
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-from ..constants import BROWSER_EVENT_KINDS, RATE
+from ..constants import BROWSER_EVENT_KINDS, RATE, WILDCARD_HOSTS
 from ..core import metrics
 from ..core.audio import StreamResampler, downmix, pcm16_to_array
 from ..core.hub import Hub
@@ -309,12 +309,17 @@ class WsServer:
                            "--tls self-signed (or --tls-cert/--tls-key) closes it")
 
     def _shown_host(self) -> str:
-        """The host in the URL to open: the listening address, or for every interface one a browser on
-        another machine can use when the certificate names one (else loopback, which needs no certificate)."""
-        if self.config.host not in ("0.0.0.0", "::", ""):
-            return f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        lan = [name for name in (self.tls.names if self.tls else ()) if _is_lan_address(name)]
-        return (f"[{lan[0]}]" if ":" in lan[0] else lan[0]) if lan else "127.0.0.1"
+        """The host in the URL to open: the listening address; when listening on every interface, a name
+        from the certificate that a browser on another machine can use (an address of this host for a
+        self-signed one, whose host names may not resolve; the first DNS name of a given one), else loopback."""
+        host = self.config.host
+        if host in WILDCARD_HOSTS:
+            names = self.tls.names if self.tls else ()
+            lan = [n for n in names if _is_lan_address(n)]
+            dns = [n for n in names if not _is_address(n) and n != "localhost" and "*" not in n]
+            picks = lan + dns if self.tls and self.tls.self_signed else dns + lan
+            host = picks[0] if picks else "127.0.0.1"
+        return f"[{host}]" if ":" in host else host
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept for ever. Out of file descriptors, close the oldest pending connection and retry: one
@@ -482,8 +487,9 @@ class WsServer:
         logger.debug("%s: plain HTTP on the TLS port", remote)
         host = head.headers.get("host")
         if head.method in ("GET", "HEAD") and host and not head.is_websocket:
+            target = head.target if head.target.startswith("/") else "/"  # not a proxy's absolute URL
             await respond(stream, head, 307, b"this port speaks HTTPS\n", "text/plain",
-                          (("location", f"https://{host}{head.target}"),))
+                          (("location", f"https://{host}{target}"),))
         else:
             await respond(stream, head, 400, b"this port speaks HTTPS: use https:// (wss:// for the WebSocket)\n",
                           "text/plain")
@@ -602,11 +608,16 @@ def peer_went_away(exc: BaseException) -> bool:
     return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError))
 
 
-def _is_lan_address(name: str) -> bool:
+def _is_address(name: str) -> bool:
     try:
-        return not ipaddress.ip_address(name).is_loopback
+        ipaddress.ip_address(name)
     except ValueError:
-        return False  # a DNS name
+        return False
+    return True
+
+
+def _is_lan_address(name: str) -> bool:
+    return _is_address(name) and not ipaddress.ip_address(name).is_loopback
 
 
 async def _until_done(fn, scope: trio.CancelScope) -> None:

@@ -100,6 +100,9 @@ def load(cert_path: str, key_path: str, cert_flag: str = "--tls-cert", key_flag:
         raise ConfigError(f"{key_flag}: {key_path} is not the key of the certificate in {cert_path}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No TLS 1.2 renegotiation: browsers never ask for it, and each one a stranger asks for is a handshake's
+    # worth of our CPU inside a connection that already passed the handshake deadline.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(cert_path, key_path, password=_no_password)
     except (ssl.SSLError, OSError) as exc:

@@ -17,9 +17,10 @@ import ipaddress
 import socket
 import struct
 
+from ..constants import WILDCARD_HOSTS
+
 SIOCGIFADDR = 0x8915  # <linux/sockios.h>: get an interface's (primary) IPv4 address
 IF_INET6 = "/proc/net/if_inet6"  # one line per IPv6 address: hex address, index, prefix, scope, flags, name
-WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
