@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from wsclient import Client, open_client
 
-from avatard.server.websocket import TLS_HANDSHAKE_TIMEOUT
+from avatard.server.websocket import MAX_PENDING, TLS_HANDSHAKE_TIMEOUT
 from avatard.tls import certificate, self_signed
 from avatard.tls.host_addresses import certificate_names
 
@@ -282,6 +282,29 @@ async def test_plain_http_garbage_and_silence_on_the_tls_port_cost_only_their_co
     assert status["pending_connections"] == 0
     assert "Traceback" not in daemon.log()
     assert daemon.proc.poll() is None
+
+
+async def test_unfinished_handshakes_are_pending_connections_under_the_cap(daemon_factory, tmp):
+    """A flood of half-open TLS handshakes (a ClientHello's first byte, then nothing) from one address
+    costs that address its oldest sockets once MAX_PENDING is reached; a browser from another address
+    still gets its page and its wss session."""
+    state = tmp / "state"
+    daemon = daemon_factory(*TLS_SERVER, env={"STATE_DIRECTORY": str(state)})
+    port, flood = daemon.port, []
+    for _ in range(MAX_PENDING + 16):
+        stream = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+        await stream.send_all(b"\x16")
+        flood.append(stream)
+    context = trusting(state / self_signed.CERT_FILE)
+    async with open_client(port, ssl_context=context) as ws:
+        await Client(ws).json_of("status", status="connected")
+        status = daemon.status()
+        assert status["pending_connections"] <= MAX_PENDING
+        assert status["pending_evicted"] >= 16
+        assert https_get(port, "/healthz", context)[0] == 200
+    for stream in flood:
+        await stream.aclose()
+    assert "Traceback" not in daemon.log()
 
 
 async def test_given_certificate_is_verified_by_name_like_a_browser_does(daemon_factory, tmp, ca, issued):
