@@ -999,7 +999,7 @@ function micUnavailable(win = window) {
     return {
       label: 'Talk needs HTTPS',
       text: 'The microphone needs HTTPS: browsers allow it only on https:// pages (or on localhost). '
-        + 'Start avatard with --tls self-signed and open the https:// address it logs.',
+        + 'Open this page at its https:// address (avatard serves one with --tls self-signed).',
     };
   }
   if (!win.navigator.mediaDevices?.getUserMedia) {
