@@ -326,6 +326,56 @@ async def test_given_certificate_is_verified_by_name_like_a_browser_does(daemon_
     assert "Traceback" not in daemon.log()
 
 
+# -- a LAN address, in a network namespace of our own ----------------------------------------------------
+
+
+@pytest.fixture
+def lan_namespace():
+    """A network namespace with a veth pair, 198.18.0.7/24 on one end and 198.18.0.8/24 on the other (the
+    "tablet"), loopback up; yields its name. Nothing leaves it."""
+    name = f"avd-tls-{os.getpid()}"
+    ip = ["ip", "-n", name]
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for command in (["link", "add", "lan0", "type", "veth", "peer", "name", "lan1"],
+                        ["addr", "add", "198.18.0.7/24", "dev", "lan0"], ["addr", "add", "198.18.0.8/24", "dev", "lan1"],
+                        ["link", "set", "lo", "up"], ["link", "set", "lan0", "up"], ["link", "set", "lan1", "up"]):
+            subprocess.run([*ip, *command], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=True)
+
+
+def enter(namespace: str):
+    """A preexec_fn that moves the child into ``namespace`` (setns(2), as ``ip netns exec`` does)."""
+    def preexec():
+        import ctypes
+        fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+        if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
+        os.close(fd)
+    return preexec
+
+
+def test_self_signed_covers_the_lan_address_a_browser_on_another_machine_uses(daemon_factory, tmp, lan_namespace):
+    state = tmp / "state"
+    daemon = daemon_factory("--server", "--host", "0.0.0.0", "--port", "0", "--tls", "self-signed",
+                            env={"STATE_DIRECTORY": str(state)}, preexec_fn=enter(lan_namespace))
+    names = daemon.status()["tls"]["names"]
+    assert "198.18.0.7" in names and "198.18.0.8" in names
+    assert not [n for n in names if n.startswith("fe80")], "link-local addresses need a zone id: left out"
+    port = daemon.port
+    assert re.search(rf"open https://198\.18\.0\.[78]:{port}/\?token=<token> in a browser", daemon.log())
+    # From the "tablet" end, verifying the chain and the address as a browser that trusts the certificate.
+    fetch = ("import ssl, socket, sys; c = ssl.create_default_context(cafile=sys.argv[1]); "
+             "s = c.wrap_socket(socket.create_connection(('198.18.0.7', int(sys.argv[2])), timeout=10), "
+             "server_hostname='198.18.0.7'); s.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); "
+             "print(s.recv(4096).split(b'\\r\\n')[0].decode())")
+    result = subprocess.run(["ip", "netns", "exec", lan_namespace, sys.executable, "-c", fetch,
+                             str(state / self_signed.CERT_FILE), str(port)], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "HTTP/1.1 200", result.stderr
+
+
 # -- what the log says beyond loopback -----------------------------------------------------------------
 
 
