@@ -59,7 +59,8 @@ def fingerprint_of(cert_path) -> str:
     return certificate.fingerprint(certificate.read_certificate(str(cert_path)))
 
 
-@pytest.mark.parametrize("change", ["new address", "expiring", "key replaced", "key garbage", "cert garbage"])
+@pytest.mark.parametrize("change", ["new address", "expiring", "clock went back", "key replaced", "key garbage",
+                                    "cert garbage"])
 def test_self_signed_is_made_again_when_it_no_longer_serves(tmp, change):
     state = str(tmp / "state")
     cert_path, key_path = self_signed.load_or_create(state, "127.0.0.2")
@@ -69,6 +70,8 @@ def test_self_signed_is_made_again_when_it_no_longer_serves(tmp, change):
         host = "127.0.0.3"
     elif change == "expiring":
         now = datetime.datetime.now(datetime.timezone.utc) + self_signed.VALIDITY - self_signed.RENEW_BEFORE
+    elif change == "clock went back":
+        now = datetime.datetime.now(datetime.timezone.utc) - 2 * self_signed.CLOCK_SKEW
     elif change == "key replaced":
         other = ec.generate_private_key(ec.SECP256R1())
         with open(key_path, "wb") as f:

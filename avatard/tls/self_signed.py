@@ -71,8 +71,10 @@ def why_not_reusable(cert_path: str, key_path: str, names, addresses, now: datet
         return f"the kept one is unusable: {exc}"
     if not certificate.same_key(cert, key):
         return "the kept key is not the certificate's"
-    if cert.not_valid_after_utc - now < RENEW_BEFORE or cert.not_valid_before_utc > now:
+    if cert.not_valid_after_utc - now < RENEW_BEFORE:
         return f"the kept one expires {cert.not_valid_after_utc:%Y-%m-%d}"
+    if cert.not_valid_before_utc > now:
+        return f"the kept one is valid only from {cert.not_valid_before_utc:%Y-%m-%d} (the clock went back)"
     covered = set(certificate.subject_names(cert))
     missing = [name for name in [*names, *map(str, addresses)] if name not in covered]
     if missing:
