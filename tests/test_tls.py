@@ -329,6 +329,16 @@ async def test_given_certificate_is_verified_by_name_like_a_browser_does(daemon_
     assert "Traceback" not in daemon.log()
 
 
+def test_an_expired_certificate_is_served_with_one_warning(daemon_factory, ca, tmp):
+    cert = ca.issue_cert("avatar.test", not_before=datetime.datetime(2020, 1, 1), not_after=datetime.datetime(2021, 1, 1))
+    cert.cert_chain_pems[0].write_to_path(str(tmp / "old.crt"))
+    cert.private_key_pem.write_to_path(str(tmp / "old.key"))
+    daemon = daemon_factory("--tls-cert", str(tmp / "old.crt"), "--tls-key", str(tmp / "old.key"))
+    [warning] = warnings(daemon.log())
+    assert f"the certificate in {tmp / 'old.crt'} expired on 2021-01-01: browsers refuse it; renew it" in warning
+    assert daemon.status()["tls"]["not_after"].startswith("2021-01-01")
+
+
 # -- a LAN address, in a network namespace of our own ----------------------------------------------------
 
 

@@ -21,6 +21,7 @@ so browsers flush their playback and no speech from before the interrupt plays a
 from __future__ import annotations
 
 import collections
+import datetime
 import errno
 import functools
 import ipaddress
@@ -289,6 +290,10 @@ class WsServer:
             logger.info("TLS on: certificate SHA-256 %s (%s, for %s; valid until %s)", self.tls.fingerprint,
                         "self-signed" if self.tls.self_signed else self.tls.cert_path, ", ".join(self.tls.names),
                         f"{self.tls.not_after:%Y-%m-%d}")
+            if self.tls.not_after < datetime.datetime.now(datetime.timezone.utc):
+                # Served anyway (scripts that pin it, a clock that is wrong), but no browser will take it.
+                logger.warning("the certificate in %s expired on %s: browsers refuse it; renew it",
+                               self.tls.cert_path, f"{self.tls.not_after:%Y-%m-%d}")
         if self.access.open:
             logger.info("open %s in a browser (WebSocket at / and /ws; listening on %s)", url, self.config.host)
         else:
