@@ -138,6 +138,10 @@ def status(state: State) -> None:
                      + (f", presence off: {reply['presence_unavailable']}" if reply.get("presence_unavailable") else ""))
     if reply.get("server"):
         lines.append(f"server:     {reply['server']}")
+        tls = reply.get("tls")
+        lines.append(f"tls:        on, certificate SHA-256 {tls['fingerprint_sha256']}, "
+                     f"{'self-signed, ' if tls['self_signed'] else ''}valid until {tls['not_after'][:10]}, "
+                     f"{reply.get('tls_failures', 0)} failed handshakes" if tls else "tls:        off")
     click.echo("\n".join(lines))
 
 

@@ -95,7 +95,7 @@ def make_vision(config: Config, brain, events: EventBus, inputs: InputLanes) -> 
                   presence=Presence(config.greet_after))
 
 
-def main(config: Config) -> None:
+def main(config: Config, tls=None) -> None:
     """Run the daemon until it stops: in this thread, or in a worker thread when a window is wanted.
 
     OpenCV's window must own the main thread (see avatard.local.window), which then also takes the signals.
@@ -106,15 +106,16 @@ def main(config: Config) -> None:
         check_display()  # before any window call: OpenCV's Qt aborts the process without a display
     setup = prepare(config)  # audio file and sound devices: fails with one line before anything runs
     if not config.wants_window:
-        trio.run(run, config, None, setup)
+        trio.run(run, config, None, setup, tls)
         return
     from .local.window import Window
     window = Window()
-    window.run(functools.partial(trio.run, run, config, window, setup))
+    window.run(functools.partial(trio.run, run, config, window, setup, tls))
 
 
-async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> None:
-    """The daemon in one root nursery. With a ``window``, the caller's main thread handles signals.
+async def run(config: Config, window=None, setup: LocalSetup = LocalSetup(), tls=None) -> None:
+    """The daemon in one root nursery. With a ``window``, the caller's main thread handles signals;
+    ``tls`` (an :class:`avatard.tls.certificate.ServerTls`, loaded by the CLI) puts the server port on TLS.
 
     Every part is built first, then the hub with all of them, then the tasks start in data-path order.
     """
@@ -131,7 +132,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     server = None
     if config.server:
         from .server.websocket import WsServer
-        server = WsServer(config, fanout, registry)
+        server = WsServer(config, fanout, registry, tls)
     front_ends = (server,) if server is not None else ()
     hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
               sinks=front_ends + local.sinks, front_ends=front_ends, local_parts=local.all,

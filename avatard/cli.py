@@ -21,6 +21,8 @@ from .config import (
     LOG_FORMATS,
     LOG_LEVELS,
     RENDERERS,
+    TLS_MODES,
+    TLS_SELF_SIGNED,
     Config,
     is_loopback,
     parse_size,
@@ -75,6 +77,11 @@ OPTIONS = [
                                                                                  "that may talk [default: only back to its author].")),
     ("--allow-origin", ["AVATARD_ALLOW_ORIGIN"], dict(multiple=True, help="Allowed Origin for browsers (repeatable; * for any) "
                                                                          "[default: the page's own origin].")),
+    ("--tls", ["AVATARD_TLS"], dict(type=click.Choice(TLS_MODES), help="Serve HTTPS/WSS with a certificate made once for "
+                                    "this host's names and addresses, kept in $STATE_DIRECTORY or ~/.local/state/avatard; "
+                                    "its SHA-256 fingerprint is logged.")),
+    ("--tls-cert", ["AVATARD_TLS_CERT"], dict(help="Serve HTTPS/WSS with this certificate (PEM, chain allowed); needs --tls-key.")),
+    ("--tls-key", ["AVATARD_TLS_KEY"], dict(help="The certificate's private key (PEM, unencrypted).")),
     ("--gemini-base-url", ["GEMINI_BASE_URL"], dict(help="Live API endpoint (proxy, regional endpoint) [default: the SDK's; "
                                                          "GOOGLE_GEMINI_BASE_URL also works].")),
     ("--gemini-ca-file", ["GEMINI_CA_FILE"], dict(help="Extra CA certificate (PEM) to trust for the Live API, added to the default trust.")),
@@ -148,6 +155,18 @@ def build_config(params: dict) -> Config:
     return Config(width=width, height=height, **params)
 
 
+def load_tls(config: Config):
+    """The server's TLS pair, loaded (and for ``--tls self-signed`` made first): None without TLS.
+    Any problem with the files stops start-up here, before anything runs, with one line."""
+    if not (config.server and config.tls_on):
+        return None
+    from .tls import certificate, self_signed
+    if config.tls == TLS_SELF_SIGNED:
+        cert, key = self_signed.load_or_create(default_state_directory(), config.host)
+        return certificate.load(cert, key, "--tls", "--tls")
+    return certificate.load(config.tls_cert, config.tls_key)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @_decorate
 @click.option("--env-file", type=click.Path(dir_okay=False), help="Read settings from this file [default: ./.env if present].")
@@ -165,8 +184,9 @@ def command(ctx: click.Context, env_file: str | None, **params) -> None:
     from . import logs
     logs.setup(config.log_level, config.log_format, [config.api_secret, config.gemini_api_key, config.token,
                                                      config.viewer_token])
+    tls = load_tls(config)
     from . import app
-    app.main(config)
+    app.main(config, tls)
 
 
 def _deliberate(exc: BaseException) -> AvatardError | None:

@@ -38,6 +38,9 @@ BRAINS = ("auto", "gemini", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 BARGE_IN = ("auto", "on", "off")
+# --tls: the one mode that needs no files (avatard.tls.self_signed); --tls-cert/--tls-key bring a pair.
+TLS_SELF_SIGNED = "self-signed"
+TLS_MODES = (TLS_SELF_SIGNED,)
 # --greet model: the arrival becomes a model turn (Gemini greets in its own words) instead of a fixed sentence.
 GREET_MODEL = "model"
 # --greet-after: a day. Longer is a typo; 0 greets every arrival.
@@ -173,6 +176,10 @@ class Config:
     no_auth: bool = False  # beyond loopback without a token, on purpose
     share_transcripts: bool = False  # user transcripts to every client that may talk, not only their author
     allow_origin: tuple[str, ...] = ()
+    # TLS on the server port: a pair of PEM files, or a self-signed certificate made once (avatard.tls).
+    tls: str | None = attrs.field(default=None, validator=attrs.validators.optional(_one_of("--tls", TLS_MODES)))
+    tls_cert: str | None = None
+    tls_key: str | None = None
     gemini_base_url: str | None = None
     gemini_ca_file: str | None = attrs.field(default=None, validator=_path_exists("--gemini-ca-file"))
     # Vertex AI: the project and location; credentials come from Application Default Credentials.
@@ -209,6 +216,12 @@ class Config:
             raise ConfigError("--viewer-token: needs a different --token (without one every client may talk)")
         if self.server and self.token is None and not self.no_auth and not self.loopback_only:
             raise ConfigError(f"--host: {self.host} is reachable beyond this machine; set --token, or --no-auth on purpose")
+        if self.tls is not None and (self.tls_cert or self.tls_key):
+            raise ConfigError("--tls: self-signed contradicts --tls-cert/--tls-key (or AVATARD_TLS_CERT/AVATARD_TLS_KEY); "
+                              "give one of them")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            raise ConfigError(f"{given}: needs {missing} too (AVATARD_TLS_CERT and AVATARD_TLS_KEY)")
         if self.greet == GREET_MODEL and self.brain_kind != "gemini":
             raise ConfigError("--greet: model needs the Gemini brain (the offline brain speaks a --greet TEXT)")
 
@@ -216,6 +229,10 @@ class Config:
     def loopback_only(self) -> bool:
         """The server listens on this machine only: open without a token, for local development."""
         return is_loopback(self.host)
+
+    @property
+    def tls_on(self) -> bool:
+        return self.tls is not None or self.tls_cert is not None
 
     @property
     def renderer_kind(self) -> str:

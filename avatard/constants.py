@@ -9,6 +9,9 @@ from __future__ import annotations
 # per frame, so fps must divide it), what Gemini Live takes as input, what the seed protocol sends.
 RATE = 16000
 
+# --host values that listen on every interface (a URL needs a real address instead).
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
 # A turn longer than this is a paste accident, not speech (and TTS time grows with it).
 MAX_TEXT_CHARS = 2000
 

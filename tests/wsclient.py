@@ -48,5 +48,7 @@ def samples(chunk: wire.AudioChunk) -> np.ndarray:
     return np.frombuffer(chunk.pcm, dtype="<i2")
 
 
-def open_client(port: int, path: str = "/ws", **kwargs):
-    return trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}{path}", **kwargs)
+def open_client(port: int, path: str = "/ws", ssl_context=None, host: str = "127.0.0.1", **kwargs):
+    """A WebSocket to the daemon: ``ws://``, or ``wss://`` when an ``ssl_context`` is given."""
+    scheme = "ws" if ssl_context is None else "wss"
+    return trio_websocket.open_websocket_url(f"{scheme}://{host}:{port}{path}", ssl_context=ssl_context, **kwargs)

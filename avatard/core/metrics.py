@@ -27,6 +27,8 @@ COUNTERS = {
     "camera_frames_sent": ("avatard_camera_frames_sent", "Pictures handed to the brain (camera frames and stills)."),
     "camera_frames_dropped": ("avatard_camera_frames_dropped", "Camera frames dropped: the brain's input queue was full."),
     "model_video_dropped": ("avatard_brain_video_dropped", "Camera frames the brain dropped (not connected, or stale)."),
+    "tls_failures": ("avatard_tls_handshake_failures", "TLS handshakes that failed or timed out (each closed only its connection)."),
+    "plain_http_to_tls": ("avatard_tls_plain_http_requests", "Plain-HTTP requests to the TLS port (redirected to https)."),
 }
 # Presence counters and gauges, from status()["presence"] when the daemon can see.
 PRESENCE_COUNTERS = {
@@ -58,9 +60,23 @@ class StatusCollector:
                 yield CounterMetricFamily(name, doc, value=presence[key])
             yield GaugeMetricFamily("avatard_presence_faces", "Faces in view now (0 when nobody is there).",
                                     value=presence["faces"])
+        yield from _tls_metrics(status.get("tls"))
         brain = GaugeMetricFamily("avatard_brain_connected", "1 while the brain is connected.", labels=["brain"])
         brain.add_metric([status["brain"]], int(status["brain_state"] == "connected"))
         yield brain
+
+
+def _tls_metrics(tls: dict | None):
+    """Whether the server port speaks TLS, and its certificate: fingerprint (a label, as *_info metrics
+    carry text) and expiry, for an alert before browsers start refusing it. Never the key."""
+    yield GaugeMetricFamily("avatard_tls_enabled", "1 when the server port speaks TLS (https, wss).", value=int(bool(tls)))
+    if tls:
+        info = GaugeMetricFamily("avatard_tls_certificate_info", "The server's certificate (value 1).",
+                                 labels=["sha256", "self_signed"])
+        info.add_metric([tls["fingerprint_sha256"], str(tls["self_signed"]).lower()], 1)
+        yield info
+        yield GaugeMetricFamily("avatard_tls_certificate_expiry_timestamp_seconds",
+                                "When the server's certificate expires (Unix time).", value=tls["not_after_unix"])
 
 
 def make_registry() -> prometheus_client.CollectorRegistry:

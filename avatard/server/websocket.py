@@ -21,8 +21,10 @@ so browsers flush their playback and no speech from before the interrupt plays a
 from __future__ import annotations
 
 import collections
+import datetime
 import errno
 import functools
+import ipaddress
 import itertools
 import logging
 import sys
@@ -36,7 +38,7 @@ from wsproto.utilities import LocalProtocolError
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-from ..constants import BROWSER_EVENT_KINDS, RATE
+from ..constants import BROWSER_EVENT_KINDS, RATE, WILDCARD_HOSTS
 from ..core import metrics
 from ..core.audio import StreamResampler, downmix, pcm16_to_array
 from ..core.hub import Hub
@@ -44,7 +46,7 @@ from ..errors import ConfigError, ProtocolError, Refused
 from ..protocol import media as wire
 from .access import TALK, Access
 from .guard import Connection, Guard
-from .http_front import ReplayStream, handshake_problem, read_head, respond, respond_json, static_file
+from .http_front import READ_CHUNK, ReplayStream, handshake_problem, read_head, respond, respond_json, static_file
 
 logger = logging.getLogger("avatard.ws")
 
@@ -88,6 +90,11 @@ MAX_PENDING = 64
 ACCEPT_RETRY = 0.1
 FD_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 WEBSOCKET_PATHS = ("/", "/ws")
+# From accept to a finished TLS handshake (ClientHello in, server flight out, client Finished back): one
+# or two round trips for a browser, even on a poor Wi-Fi. A slower peer is holding a pending slot on
+# purpose; the request head then has its own HEAD_TIMEOUT.
+TLS_HANDSHAKE_TIMEOUT = 5.0
+TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS ClientHello (RFC 8446 5.1, ContentType.handshake)
 
 
 class Client:
@@ -210,8 +217,9 @@ class WsServer:
 
     name = "websocket"
 
-    def __init__(self, config, fanout, registry) -> None:
+    def __init__(self, config, fanout, registry, tls=None) -> None:
         self.config = config
+        self.tls = tls  # an avatard.tls.certificate.ServerTls, or None for plain HTTP
         self.fanout = fanout
         self.registry = registry  # behind GET /metrics
         self.access = Access.from_config(config)
@@ -225,6 +233,8 @@ class WsServer:
         self._closed_video_dropped = 0
         self.port: int | None = None
         self.encode_failures = 0  # frames OpenCV could not JPEG-encode (sent as audio only)
+        self.tls_failures = 0  # TLS handshakes that failed or timed out (each cost only its connection)
+        self.plain_http = 0  # plain-HTTP requests to the TLS port (answered with a redirect to https)
 
     @property
     def bytes_sent(self) -> int:
@@ -238,7 +248,13 @@ class WsServer:
         return {"clients": len(self.clients), "client_list": [dict(id=c.id, **c.info()) for c in self.clients.values()],
                 "bytes_sent": self.bytes_sent, "video_dropped": self.video_dropped, "refused": self.refused,
                 "pending_connections": self.guard.pending, "pending_evicted": self.guard.evicted,
-                "accept_failures": self.accept_failures, "server": f"http://{self.config.host}:{self.port}/"}
+                "accept_failures": self.accept_failures, "tls": self.tls.status() if self.tls else None,
+                "tls_failures": self.tls_failures, "plain_http_to_tls": self.plain_http,
+                "server": f"{self.scheme}://{self.config.host}:{self.port}/"}
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def flush(self) -> None:
         """Interrupt hook: every client's queued audio goes before the ``interrupted`` status is queued."""
@@ -264,19 +280,51 @@ class WsServer:
     def _announce(self) -> None:
         """Tell the operator where the page is. The URL with the token is what the operator must open
         (jupyter prints it the same way), so it goes to the terminal, and only when stderr is one: a log
-        (journald, a file) gets where the token is kept instead, never the token."""
-        shown = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
-        url = f"http://{shown}:{self.port}/"
+        (journald, a file) gets where the token is kept instead, never the token.
+
+        Beyond loopback, one warning says what a stranger on the network can do with this configuration
+        and what closes it: with neither a token nor TLS, everything; with a token but no TLS, watch,
+        listen and copy the token off the wire (it travels in the page URL and the WebSocket request)."""
+        url = f"{self.scheme}://{self._shown_host()}:{self.port}/"
+        if self.tls:
+            logger.info("TLS on: certificate SHA-256 %s (%s, for %s; valid until %s)", self.tls.fingerprint,
+                        "self-signed" if self.tls.self_signed else self.tls.cert_path, ", ".join(self.tls.names),
+                        f"{self.tls.not_after:%Y-%m-%d}")
+            if self.tls.not_after < datetime.datetime.now(datetime.timezone.utc):
+                # Served anyway (scripts that pin it, a clock that is wrong), but no browser will take it.
+                logger.warning("the certificate in %s expired on %s: browsers refuse it; renew it",
+                               self.tls.cert_path, f"{self.tls.not_after:%Y-%m-%d}")
         if self.access.open:
             logger.info("open %s in a browser (WebSocket at / and /ws; listening on %s)", url, self.config.host)
-            if not self.config.loopback_only:
-                logger.warning("--no-auth: anyone who can reach %s:%d can make the avatar speak and read what users "
-                               "say", self.config.host, self.port)
+        else:
+            where = self.config.token_file or "--token / AVATARD_TOKEN"
+            logger.info("open %s?token=<token> in a browser (token in %s; listening on %s)", url, where, self.config.host)
+            if sys.stderr.isatty():
+                print(f"\n    {url}?token={self.config.token}\n", file=sys.stderr, flush=True)
+        if self.config.loopback_only:
             return
-        where = self.config.token_file or "--token / AVATARD_TOKEN"
-        logger.info("open %s?token=<token> in a browser (token in %s; listening on %s)", url, where, self.config.host)
-        if sys.stderr.isatty():
-            print(f"\n    {url}?token={self.config.token}\n", file=sys.stderr, flush=True)
+        reach = f"anyone who can reach {self.config.host}:{self.port}"
+        if self.access.open:
+            logger.warning("--no-auth: %s can make the avatar speak and read what users say%s", reach,
+                           "" if self.tls else ", and everyone on the network sees and hears the sessions "
+                           "(no TLS); set a token (drop --no-auth) and --tls self-signed to close it")
+        elif not self.tls:
+            logger.warning("no TLS: the token, what users say and the avatar's picture and voice cross the network "
+                           "in clear text; anyone on it can watch, listen and copy the token to talk; "
+                           "--tls self-signed (or --tls-cert/--tls-key) closes it")
+
+    def _shown_host(self) -> str:
+        """The host in the URL to open: the listening address; when listening on every interface, a name
+        from the certificate that a browser on another machine can use (an address of this host for a
+        self-signed one, whose host names may not resolve; the first DNS name of a given one), else loopback."""
+        host = self.config.host
+        if host in WILDCARD_HOSTS:
+            names = self.tls.names if self.tls else ()
+            lan = [n for n in names if _is_lan_address(n)]
+            dns = [n for n in names if not _is_address(n) and n != "localhost" and "*" not in n]
+            picks = lan + dns if self.tls and self.tls.self_signed else dns + lan
+            host = picks[0] if picks else "127.0.0.1"
+        return f"[{host}]" if ":" in host else host
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept for ever. Out of file descriptors, close the oldest pending connection and retry: one
@@ -375,7 +423,11 @@ class WsServer:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await stream.aclose()
 
-    async def _serve_connection(self, stream: trio.SocketStream, connection: Connection, remote: str) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, connection: Connection, remote: str) -> None:
+        if self.tls is not None:
+            stream = await self._tls_stream(stream, remote)
+            if stream is None:
+                return
         head = await read_head(stream)
         if head is None:
             return
@@ -401,6 +453,52 @@ class WsServer:
             await respond(stream, head, 200, found[0], found[1])
         else:
             await respond(stream, head, 404, b"not found\n", "text/plain")
+
+    async def _tls_stream(self, tcp: trio.SocketStream, remote: str) -> trio.SSLStream | None:
+        """The connection's TLS stream once its handshake is done; None when the handshake failed or
+        took over TLS_HANDSHAKE_TIMEOUT (counted, logged at debug: a scanner or a browser that does not
+        trust the certificate costs its own connection and nothing else), or when the peer spoke plain
+        HTTP (answered with a redirect to https, counted).
+
+        The connection stays *pending* in the guard all along, so handshakes count against MAX_PENDING
+        like request heads do. ``https_compatible``: HTTP and WebSocket end their messages themselves,
+        and browsers close without TLS's close_notify (trio's ``SSLStream`` docstring)."""
+        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
+            first = await tcp.receive_some(READ_CHUNK)
+            if not first:
+                return None
+            if first[0] != TLS_HANDSHAKE_RECORD:
+                await self._redirect_to_https(ReplayStream(tcp, first), remote)
+                return None
+            stream = trio.SSLStream(ReplayStream(tcp, first), self.tls.context, server_side=True, https_compatible=True)
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                self.tls_failures += 1
+                logger.debug("%s: TLS handshake failed: %s", remote, exc.__cause__ or exc)
+                return None
+            return stream
+        self.tls_failures += 1
+        logger.debug("%s: no TLS handshake within %g s", remote, TLS_HANDSHAKE_TIMEOUT)
+        return None
+
+    async def _redirect_to_https(self, stream: ReplayStream, remote: str) -> None:
+        """A plain-HTTP request on the TLS port (someone typed http://): send a browser to the https URL
+        (307, so it is not cached for good: the operator may turn TLS off again); anything else gets a 400
+        saying which scheme to use."""
+        head = await read_head(stream)
+        if head is None:
+            return
+        self.plain_http += 1
+        logger.debug("%s: plain HTTP on the TLS port", remote)
+        host = head.headers.get("host")
+        if head.method in ("GET", "HEAD") and host and not head.is_websocket:
+            target = head.target if head.target.startswith("/") else "/"  # not a proxy's absolute URL
+            await respond(stream, head, 307, b"this port speaks HTTPS\n", "text/plain",
+                          (("location", f"https://{host}{target}"),))
+        else:
+            await respond(stream, head, 400, b"this port speaks HTTPS: use https:// (wss:// for the WebSocket)\n",
+                          "text/plain")
 
     def _refusal(self, head, role: str | None, connection: Connection) -> tuple[int, str] | None:
         if role is None:
@@ -514,6 +612,18 @@ def peer_went_away(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(peer_went_away(inner) for inner in exc.exceptions)
     return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError))
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_lan_address(name: str) -> bool:
+    return _is_address(name) and not ipaddress.ip_address(name).is_loopback
 
 
 async def _until_done(fn, scope: trio.CancelScope) -> None:

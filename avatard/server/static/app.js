@@ -160,6 +160,7 @@ const state = {
   micChunksSent: 0,
   micBytesSent: 0,
   micLevel: 0,                // RMS of the last chunk, 0..1
+  micUnavailable: null,       // why the page cannot have the microphone (not a secure context), shown on Talk
   // text
   transcript: [],             // [{role, text, is_final, timestamp, cut?}]
   protocolErrors: 0,
@@ -986,9 +987,45 @@ async function toggleCamera() {
   renderCamera();
 }
 
+// ------------------------------------------------- microphone needs HTTPS
+
+/**
+ * Why this page cannot have the microphone ({label, text}), or null when it can. Browsers give
+ * getUserMedia only to secure contexts (https://, or localhost): a tablet that opens
+ * http://box:8765/ gets none, so the Talk button says why instead of staying silently dead.
+ */
+function micUnavailable(win = window) {
+  if (!win.isSecureContext) {
+    return {
+      label: 'Talk needs HTTPS',
+      text: 'The microphone needs HTTPS: browsers allow it only on https:// pages (or on localhost). '
+        + 'Open this page at its https:// address (avatard serves one with --tls self-signed).',
+    };
+  }
+  if (!win.navigator.mediaDevices?.getUserMedia) {
+    return { label: 'No microphone', text: 'This browser offers no microphone to web pages.' };
+  }
+  return null;
+}
+
+/** Show `why` on the Talk button (label, tooltip, a note under the controls; a click repeats it). */
+function explainMicUnavailable(why) {
+  state.micUnavailable = why.text;
+  ui.talk.classList.add('unavailable');
+  ui.talk.setAttribute('aria-disabled', 'true');
+  ui.talk.title = why.text;
+  ui.talkLabel.textContent = why.label;
+  const note = Object.assign(document.createElement('p'), { id: 'talk-help', className: 'talk-help', textContent: why.text });
+  ui.talk.closest('.controls').after(note);
+}
+
 // ------------------------------------------------------------------ wiring
 
-ui.talk.addEventListener('click', () => { resumeAudio(); toggleMic(); });
+ui.talk.addEventListener('click', () => {
+  resumeAudio();
+  if (state.micUnavailable) toast(state.micUnavailable, 'info');
+  else toggleMic();
+});
 ui.camera.addEventListener('click', toggleCamera);
 ui.interrupt.addEventListener('click', () => {
   resumeAudio();
@@ -1023,14 +1060,11 @@ window.addEventListener('online', () => {
   if (state.connection === 'reconnecting' || state.connection === 'server_full') conn.retryNow();
 });
 
-if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
-  ui.talk.disabled = true;
-  ui.talk.title = 'The microphone needs a secure context: open this page via https or localhost';
-}
-
 renderGestures(DEFAULT_GESTURES);
 transcript.clear();
 renderMic();
+const micProblem = micUnavailable();
+if (micProblem) explainMicUnavailable(micProblem);
 player.init().catch((err) => {
   toast(`Sound unavailable: ${err.message || err}`);
   console.error('avatard: audio init failed', err);
