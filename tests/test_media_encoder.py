@@ -45,12 +45,12 @@ class Rig:
         self.generation = Generation()
         self.fanout = FanOut(self.generation)
         self.send, receive = trio.open_memory_channel(2)
-        self.encoder = MediaEncoder(self.fanout, FPS, **kwargs)
+        self.encoder = MediaEncoder(self.fanout, **kwargs)
         nursery.start_soon(self.fanout.run, receive)
         self.index = 0
 
     async def start(self, nursery: trio.Nursery) -> None:
-        await nursery.start(self.encoder.run)
+        await nursery.start(self.encoder.run, FPS)
 
     async def push(self) -> Frame:
         frame = make_frame(self.index, self.generation.value)
