@@ -73,7 +73,7 @@ async def test_every_subscriber_gets_the_same_packets_keyframe_first_and_a_decod
     rig = Rig(nursery)
     await rig.start(nursery)
     with rig.encoder.subscribe("a", VIDEO) as a, rig.encoder.subscribe("b", VIDEO) as b, \
-            rig.encoder.subscribe("c", AUDIO) as c:
+            rig.encoder.subscribe("c", AUDIO, buffer=32) as c:  # read after all 10 frames
         video_a, video_b, audio = [], [], []
         for _ in range(10):
             await rig.push()
