@@ -64,7 +64,7 @@ import numpy as np
 import trio
 from av.video.frame import PictureType
 
-from ..constants import RATE
+from ..constants import RATE, VIDEO_CODECS
 from ..core.audio import StreamResampler
 from ..core.fanout import SinkFrames
 from ..errors import ConfigError
@@ -73,9 +73,7 @@ logger = logging.getLogger("avatard.media")
 
 VIDEO = "video"
 AUDIO = "audio"
-VP8 = "vp8"
-H264 = "h264"
-VIDEO_CODECS = (VP8, H264)
+VP8, H264 = VIDEO_CODECS
 OPUS = "opus"
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)  # the RTP clock of every video codec (RFC 3551)
