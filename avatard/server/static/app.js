@@ -174,6 +174,8 @@ const state = {
   transportChoice: null,      // {transport, forced, reason} of chooseTransport()
   rtc: null,                  // the RtcMedia while one is tried or up (rtc.pc for getStats)
   rtcState: null,             // 'negotiating' | 'up' | 'down: <reason>'
+  firstFrameMs: null,         // performance.now() (ms since navigation) when the first frame was shown
+  rtcFirstFrameMs: null,      // ... and the first WebRTC frame
 };
 window.avatard = state;
 
@@ -551,6 +553,7 @@ class FrameView {
     }
     this.g.drawImage(bitmap, 0, 0);
     bitmap.close();
+    state.firstFrameMs ??= performance.now();
     state.framesDrawn++;
     this.drawTimes.push(performance.now());
     if (!this.hasPicture) {
@@ -563,6 +566,7 @@ class FrameView {
   shown(width, height) {
     state.frameWidth = width;
     state.frameHeight = height;
+    state.firstFrameMs ??= performance.now();
     state.framesDrawn++;
     this.drawTimes.push(performance.now());
     if (width && height) ui.stage.style.setProperty('--ar', (width / height).toFixed(4));
@@ -995,6 +999,7 @@ function startRtc() {
     video: ui.rtcVideo,
     onPicture: (w, h) => frames.shown(w, h),
     onUp() {
+      state.rtcFirstFrameMs = performance.now();
       state.rtcState = 'up';
       state.transport = 'webrtc';
       conn.send(msg.subscribe(false, false));   // the WebSocket keeps only the JSON messages
