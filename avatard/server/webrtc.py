@@ -167,8 +167,8 @@ class WebRtc:
 
         ``started()`` gets ``(peer, answer_sdp)``; a bad offer or a negotiation that fails raises
         :class:`ProtocolError` before that (the client gets an ``error``). ``on_audio(samples, rate, channels)``
-        takes the microphone (awaited: the input lane's backpressure), ``on_end(state)`` hears that the
-        connection failed or closed by itself."""
+        takes the microphone (awaited: the input lane's backpressure), ``on_end(peer_id, state)`` hears that
+        the connection failed or closed by itself."""
         if self._aio is None:
             raise ProtocolError("webrtc_unavailable", UNAVAILABLE or "WebRTC is not running")
         aio = self._aio
@@ -200,7 +200,7 @@ class WebRtc:
                 if state == "failed":
                     self.failures += 1
                 logger.info("%s: connection %s", peer.id, state)
-                on_end(state)
+                on_end(peer.id, state)
         finally:
             self._detach(peer)
             del self.peers[peer.id]
