@@ -84,7 +84,7 @@ class Peer:
                 "packets_lost": stats.get("video_packets_lost", 0) + stats.get("audio_packets_lost", 0),
                 "fraction_lost": max(stats.get("video_fraction_lost", 0), stats.get("audio_fraction_lost", 0)),
                 "video_dropped": stats.get("video_dropped", 0), "audio_dropped": stats.get("audio_dropped", 0),
-                "mic_dropped": stats.get("mic_dropped", 0)}
+                "mic_dropped": stats.get("mic_dropped", 0), "keyframe_requests": stats.get("keyframe_requests", 0)}
 
 
 class WebRtc:
