@@ -223,8 +223,8 @@ def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_oth
         ids = [page.evaluate("avatard.clientId") for page in (a, ws_page, b)]
         # --max-clients 4: an aiortc viewer is the fourth, a fifth connection is refused (WebRTC viewers count).
         viewer = subprocess.Popen(net.clients[0].prefix() + [sys.executable, str(VIEWER),
-                                  f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "6"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "8",
+                                  "--pli-at", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 15
         while daemon.status()["clients"] < 4:
             assert time.monotonic() < deadline and viewer.poll() is None, viewer.communicate()
@@ -233,9 +233,13 @@ def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_oth
                                  f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "1"],
                                  capture_output=True, text=True, timeout=30)
         assert refused.returncode != 0 and "1013" in refused.stderr, refused.stderr[-500:]
+        # The viewer's keyframe request (RTCP PLI) reaches the daemon's shared encoder through aiortc.
+        while not any(c.get("webrtc", {}).get("keyframe_requests") for c in daemon.status()["client_list"]):
+            assert viewer.poll() is None, viewer.communicate()
+            time.sleep(0.2)
         out, err = viewer.communicate(timeout=30)
         (result,) = json.loads(out)
-        assert result["video_frames"] > 50 and result["audio_samples"] > 0, err[-500:]
+        assert result["video_frames"] > 50 and result["audio_samples"] > 0 and result["plis_sent"] == 1, err[-500:]
 
         net.clients[1].down()  # b's network is gone: its UDP goes nowhere, its WebSocket stalls
         control = daemon.control(timeout=30)
@@ -253,6 +257,14 @@ def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_oth
         left = {c["id"]: c for c in daemon.status()["client_list"]}
         assert ids[2] not in left and left[ids[0]]["transport"] == "webrtc", left
         net.clients[1].up()
+
+        # a loses its network for longer than aiortc keeps packets to resend (128): when it is back, its picture
+        # moves again (the next keyframe; Chromium here waits for the periodic one rather than sending a PLI).
+        decoded = rtc_stats(a)["framesDecoded"]
+        net.clients[0].down()
+        time.sleep(3)  # the outage itself
+        net.clients[0].up()
+        wait(a, f"(async () => ((await ({RTC_STATS_JS})())?.framesDecoded ?? 0) > {decoded} + 50)()", timeout=30_000)
 
 
 def test_without_aiortc_the_page_falls_back_to_the_binary_stream_by_itself(net, browsers, tmp_path):
