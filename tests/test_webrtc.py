@@ -105,8 +105,7 @@ def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path) -> Br
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={mic_wav}",
-        f"--unsafely-treat-insecure-origin-as-secure=http://{client.server_address}:{PORT},"
-        f"http://{client.server_address}:{PORT + 1}",
+        "--unsafely-treat-insecure-origin-as-secure=" + ",".join(f"http://{client.server_address}:{PORT + i}" for i in range(3)),
         "--autoplay-policy=no-user-gesture-required",
         "--disable-gpu",
         "--disable-background-networking",
@@ -286,5 +285,26 @@ def test_without_aiortc_the_page_falls_back_to_the_binary_stream_by_itself(net, 
             drawn, chunks = page.evaluate("[avatard.framesDrawn, avatard.audioChunksReceived]")
             wait(page, "([n, m]) => avatard.framesDrawn > n + 25 && avatard.audioChunksReceived > m + 25", [drawn, chunks])
             assert client_status(daemon, page.evaluate("avatard.clientId"))["transport"] == "websocket"
+    finally:
+        daemon.stop()
+
+
+def test_h264_is_an_option(net, browsers):
+    short = Path(tempfile.mkdtemp(prefix="avw-", dir="/tmp"))
+    daemon = start_daemon(short, "--server", "--host", "0.0.0.0", "--port", str(PORT + 2), "--token", TOKEN,
+                          "--webrtc-codec", "h264", preexec_fn=net.server.enter)
+    try:
+        with open_page(browsers[0], net, 0, port=PORT + 2) as page:
+            wait(page, "avatard.transport === 'webrtc'")
+            rate = decoding(page)
+            assert 20 <= rate["fps"] <= 30, rate
+            codec = page.evaluate("""async () => {
+              const stats = await avatard.rtc.pc.getStats();
+              let codec = null;
+              stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') codec = stats.get(s.codecId).mimeType; });
+              return codec;
+            }""")
+            assert codec == "video/H264"
+        assert daemon.status()["webrtc"]["encoder"]["codec"] == "h264"
     finally:
         daemon.stop()

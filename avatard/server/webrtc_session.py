@@ -15,7 +15,7 @@ Two consequences handled here:
   (thread-safe, rate-limited there). A private attribute of aiortc, checked against 1.16; the count shows in
   ``avatarctl status`` (``keyframe_requests``), and tests/test_webrtc.py checks a PLI gets through.
 * the codec must be the one we encode: ``setCodecPreferences`` on the video transceiver narrows the answer
-  to it (as aiortc's own examples/webcam/webcam.py ``force_codec`` does).
+  to it (as aiortc's own examples/webcam/webcam.py ``force_codec`` does), set before the offer is applied.
 
 ICE: aiortc's ``RTCConfiguration()`` without ``iceServers`` means Google's public STUN server
 (``aiortc.rtcicetransport``: ``if iceServers is None: ... stun:stun.l.google.com:19302``), which an offline box
@@ -34,6 +34,7 @@ import av
 import numpy as np
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender,
                     RTCSessionDescription)
+from aiortc.exceptions import OperationError
 from aiortc.mediastreams import MediaStreamError
 
 from ..errors import ProtocolError
@@ -133,26 +134,22 @@ class PeerSession:
             if pc.connectionState in ENDED_STATES:
                 self._ended.set()
 
+        # Our transceivers exist before the offer is applied: aiortc negotiates each m-line's codecs while it
+        # applies the remote description, with the preferences of the transceiver it finds for that kind then
+        # (aiortc.rtcpeerconnection.setRemoteDescription: "negotiate codecs"); set afterwards they are ignored.
+        video = pc.addTransceiver(self.video, direction="sendonly")
+        video.sender._send_keyframe = self._keyframe_asked  # see the module docstring
+        video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                   if c.mimeType == self._video_mime])
+        audio = pc.addTransceiver(self.audio, direction="sendrecv" if hear_microphone else "sendonly")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except (ValueError, AssertionError, KeyError, IndexError) as exc:  # aiortc's SDP parser raises these
+        except (ValueError, AssertionError, KeyError, IndexError, OperationError) as exc:  # aiortc's SDP checks
             raise ProtocolError("bad_offer", f"the SDP offer was refused: {str(exc)[:80] or type(exc).__name__}") from None
-        kinds = {t.kind for t in pc.getTransceivers()}
-        if kinds != {"audio", "video"} or len(pc.getTransceivers()) != 2:
+        if len(pc.getTransceivers()) != 2 or video.mid is None or audio.mid is None:
             raise ProtocolError("bad_offer", "the offer must have exactly one audio and one video m-line")
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind == "video":
-                sender = pc.addTrack(self.video)
-                sender._send_keyframe = self._keyframe_asked  # see the module docstring
-                codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == self._video_mime]
-                transceiver.setCodecPreferences(codecs)
-                transceiver.direction = "sendonly"
-            else:
-                pc.addTrack(self.audio)
-                if hear_microphone:
-                    self._microphone = transceiver.receiver.track
-                else:
-                    transceiver.direction = "sendonly"
+        if hear_microphone:
+            self._microphone = audio.receiver.track
         await pc.setLocalDescription(await pc.createAnswer())
         return pc.localDescription.sdp
 
