@@ -182,9 +182,12 @@ class WebRtc:
                 answer = await aio.run(session.answer, offer_sdp, hear_microphone)
             if negotiation.cancelled_caught:
                 raise ProtocolError("webrtc_failed", f"no answer within {NEGOTIATION_TIMEOUT:g} s")
-        except BaseException:
+        except BaseException as exc:
             self.failures += 1
             await _close(aio, session)
+            if isinstance(exc, Exception) and not isinstance(exc, ProtocolError):  # aiortc failed on an offer it took
+                logger.warning("%s: the offer could not be answered", peer.id, exc_info=True)
+                raise ProtocolError("webrtc_failed", f"the offer could not be answered ({type(exc).__name__})") from None
             raise
         self.peers[peer.id] = peer
         logger.info("%s: WebRTC answer sent (%s video)", peer.id, self.config.webrtc_codec)
