@@ -105,7 +105,7 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @command(cli)
 @pass_state
 def status(state: State) -> None:
-    """Renderer, brain, uptime, clients, frame counters and last turn latency."""
+    """Renderer, brain, uptime, frame counters, last turn latency, and each client: transport, bit rate, RTT, loss."""
     reply = state.call("status")
     if state.as_json:
         state.show(reply)
@@ -142,7 +142,21 @@ def status(state: State) -> None:
         lines.append(f"tls:        on, certificate SHA-256 {tls['fingerprint_sha256']}, "
                      f"{'self-signed, ' if tls['self_signed'] else ''}valid until {tls['not_after'][:10]}, "
                      f"{reply.get('tls_failures', 0)} failed handshakes" if tls else "tls:        off")
+    lines.extend(_viewer_line(client) for client in reply.get("client_list", ()))
     click.echo("\n".join(lines))
+
+
+def _viewer_line(client: dict) -> str:
+    """One client: its transport and, for a WebRTC viewer, what its peer reports (bit rate, RTT, loss)."""
+    line = f"  {client['id']:<11} {client.get('transport', 'websocket'):<9} {client['remote']} ({client['role']})"
+    rtc = client.get("webrtc")
+    if rtc is not None:
+        rtt = "?" if rtc["rtt_ms"] is None else f"{rtc['rtt_ms']} ms"
+        line += (f", {rtc['state']}, {rtc['bitrate_kbps']} kbit/s, rtt {rtt}, lost {rtc['packets_lost']} "
+                 f"({100 * rtc['fraction_lost']:.1f} %), dropped {rtc['video_dropped']} video / {rtc['audio_dropped']} audio")
+    else:
+        line += f", {client['frames_sent']} frames sent, {client['video_dropped']} dropped"
+    return line
 
 
 @command(cli)

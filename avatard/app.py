@@ -129,13 +129,16 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup(), tls
     fanout = FanOut(lambda: renderer.generation)
     vision = make_vision(config, brain, events, inputs)
     local = make_local_parts(config, setup, renderer, window)
-    server = None
+    server = encoder = None
     if config.server:
+        from .media.encoder import MediaEncoder
         from .server.websocket import WsServer
-        server = WsServer(config, fanout, registry, tls)
+        encoder = MediaEncoder(fanout, codec=config.webrtc_codec)  # encoded once for every WebRTC viewer
+        server = WsServer(config, fanout, registry, encoder, tls)
     front_ends = (server,) if server is not None else ()
+    media_sinks = (encoder,) if encoder is not None else ()
     hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
-              sinks=front_ends + local.sinks, front_ends=front_ends, local_parts=local.all,
+              sinks=front_ends + media_sinks + local.sinks, front_ends=front_ends, local_parts=local.all,
               audio_file=local.audio_file, vision=vision, camera_device=local.camera, greeting=config.greet)
     metrics.bind(registry, hub.status)
 
@@ -153,6 +156,8 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup(), tls
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub)
+        if encoder is not None:
+            await nursery.start(encoder.run, renderer.fps)
         if server is not None:
             await nursery.start(server.serve, hub)
         await start_local_parts(nursery, local, hub, fanout)

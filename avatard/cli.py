@@ -27,6 +27,7 @@ from .config import (
     is_loopback,
     parse_size,
 )
+from .constants import VIDEO_CODECS
 from .errors import AvatardError, ConfigError
 from .paths import default_control_socket, default_state_directory
 from .token_file import load_or_create, read_token_file
@@ -62,7 +63,7 @@ OPTIONS = [
     ("--size", ["AVATARD_SIZE"], dict(default="512x512", show_default=True, help="Built-in avatar frame size, WIDTHxHEIGHT.")),
     ("--fps", ["AVATARD_FPS"], dict(type=int, default=25, show_default=True, help="Frames per second (must divide 16000).")),
     ("--jpeg-quality", ["AVATARD_JPEG_QUALITY"], dict(type=int, default=80, show_default=True, help="JPEG quality of streamed frames.")),
-    ("--max-clients", ["AVATARD_MAX_CLIENTS"], dict(type=int, default=10, show_default=True, help="WebSocket clients at once; more are refused (1013).")),
+    ("--max-clients", ["AVATARD_MAX_CLIENTS"], dict(type=int, default=10, show_default=True, help="WebSocket clients at once (a WebRTC viewer is its WebSocket client); more are refused (1013).")),
     ("--max-clients-per-ip", ["AVATARD_MAX_CLIENTS_PER_IP"], dict(type=int, default=4, show_default=True,
                                                                  help="WebSocket clients from one address; more are refused (1013).")),
     ("--token", ["AVATARD_TOKEN"], dict(help="Token that lets clients talk and read /metrics (?token=... or Authorization: "
@@ -82,6 +83,15 @@ OPTIONS = [
                                     "its SHA-256 fingerprint is logged.")),
     ("--tls-cert", ["AVATARD_TLS_CERT"], dict(help="Serve HTTPS/WSS with this certificate (PEM, chain allowed); needs --tls-key.")),
     ("--tls-key", ["AVATARD_TLS_KEY"], dict(help="The certificate's private key (PEM, unencrypted).")),
+    ("--ice-server", ["AVATARD_ICE_SERVERS"], dict(multiple=True, help="STUN or TURN server for WebRTC (repeatable; space-"
+                                                   "separated in the environment): stun:HOST[:PORT], turn:HOST[:PORT]"
+                                                   "[?transport=udp|tcp], turns:HOST[:PORT]?transport=tcp [default: none, "
+                                                   "host candidates only, which is all a LAN needs].")),
+    ("--turn-username", ["AVATARD_TURN_USERNAME"], dict(help="Username for the --ice-server turn: URLs.")),
+    ("--turn-password", ["AVATARD_TURN_PASSWORD"], dict(help="Password for the --ice-server turn: URLs; never logged. "
+                                                             "Prefer the environment: every local user can read a command line.")),
+    ("--webrtc-codec", ["AVATARD_WEBRTC_CODEC"], dict(type=click.Choice(VIDEO_CODECS), default="vp8", show_default=True,
+                                                      help="Video codec for WebRTC viewers (encoded once for all of them).")),
     ("--gemini-base-url", ["GEMINI_BASE_URL"], dict(help="Live API endpoint (proxy, regional endpoint) [default: the SDK's; "
                                                          "GOOGLE_GEMINI_BASE_URL also works].")),
     ("--gemini-ca-file", ["GEMINI_CA_FILE"], dict(help="Extra CA certificate (PEM) to trust for the Live API, added to the default trust.")),
@@ -102,7 +112,7 @@ OPTIONS = [
     ("--log-level", ["AVATARD_LOG_LEVEL"], dict(type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="Log level.")),
     ("--log-format", ["AVATARD_LOG_FORMAT"], dict(type=click.Choice(LOG_FORMATS), default="text", show_default=True, help="Log format.")),
 ]
-SECRET_PARAMS = {"api_secret", "gemini_api_key", "token", "viewer_token"}
+SECRET_PARAMS = {"api_secret", "gemini_api_key", "token", "viewer_token", "turn_password"}
 
 
 def _decorate(func):
@@ -145,6 +155,7 @@ def build_config(params: dict) -> Config:
     width, height = parse_size(params.pop("size"))
     params["control_socket"] = params["control_socket"] or default_control_socket()
     params["allow_origin"] = tuple(params["allow_origin"])
+    params["ice_server"] = tuple(params["ice_server"])
     if params["token_file"] is not None:
         if params["token"] is not None:
             raise ConfigError("--token-file: give either --token (AVATARD_TOKEN) or --token-file, not both")
@@ -183,7 +194,7 @@ def command(ctx: click.Context, env_file: str | None, **params) -> None:
     config = build_config(params)
     from . import logs
     logs.setup(config.log_level, config.log_format, [config.api_secret, config.gemini_api_key, config.token,
-                                                     config.viewer_token])
+                                                     config.viewer_token, config.turn_password])
     tls = load_tls(config)
     from . import app
     app.main(config, tls)

@@ -84,6 +84,26 @@ async def test_gesture_and_subscribe(server):
         assert client.audio == [] and len(client.video) >= 20
 
 
+async def test_bad_webrtc_offers_get_an_error_and_the_connection_stays(server):
+    offers = ["v=0\r\n", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "v=0\r\n" + "a=x\r\n" * 2000,
+              "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+              "c=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\na=mid:0\r\na=recvonly\r\n"]
+    for offer in offers:  # each on its own connection: one offer a second per client
+        async with open_client(server.port) as ws:
+            client = Client(ws)
+            await client.send_json({"type": "webrtc_offer", "data": {"sdp": offer}})
+            await client.json_of("error", code="bad_offer")
+    async with open_client(server.port) as ws:
+        client = Client(ws)
+        await client.send_json({"type": "webrtc_offer", "data": {"sdp": offers[0]}})
+        await client.send_json({"type": "webrtc_offer", "data": {"sdp": offers[0]}})
+        await client.json_of("error", code="bad_offer")
+        await client.json_of("error", code="busy")
+        await client.send_json({"type": "text_input", "data": {"text": "still here"}})
+        await client.json_of("transcription", role="user")
+    assert server.status()["webrtc"]["failures"] == len(offers) + 1
+
+
 async def test_interrupt_flushes_every_client(server):
     async with open_client(server.port) as ws_a, open_client(server.port) as ws_b:
         a, b = Client(ws_a), Client(ws_b)
