@@ -86,7 +86,7 @@ def test_https_page_is_a_secure_context_streams_and_takes_the_microphone(browser
     assert "made a self-signed certificate" not in daemon.log(), "the pinned certificate is reused"
     port = daemon.port
     with new_page(browser) as page:
-        page.goto(f"https://{NAME}:{port}/")
+        page.goto(f"https://{NAME}:{port}/?transport=ws")  # WebRTC in a namespace: test_webrtc.py
         wait_streaming(page)
         assert page.evaluate("window.isSecureContext") is True
         assert page.evaluate("avatard.ws.url") == f"wss://{NAME}:{port}/ws"
@@ -103,22 +103,22 @@ def test_https_page_is_a_secure_context_streams_and_takes_the_microphone(browser
 
     # Someone who types http:// is sent to the https page.
     with new_page(browser) as page:
-        page.goto(f"http://{NAME}:{port}/")
+        page.goto(f"http://{NAME}:{port}/?transport=ws")
         wait_streaming(page)
-        assert page.url == f"https://{NAME}:{port}/"
+        assert page.url == f"https://{NAME}:{port}/?transport=ws", "the redirect keeps the path and query"
     assert daemon.status()["plain_http_to_tls"] == 1
 
 
 def test_a_certificate_with_another_key_is_refused(browser, daemon_factory, tmp):
     other = daemon_factory("--tls", "self-signed", env={"STATE_DIRECTORY": str(tmp / "other")})
     with new_page(browser) as page, pytest.raises(Error, match="ERR_CERT_"):
-        page.goto(f"https://{NAME}:{other.port}/")
+        page.goto(f"https://{NAME}:{other.port}/?transport=ws")
 
 
 def test_plain_http_page_explains_why_talk_needs_https(browser, daemon_factory):
     daemon = daemon_factory()
     with new_page(browser) as page:
-        page.goto(f"http://{NAME}:{daemon.port}/")
+        page.goto(f"http://{NAME}:{daemon.port}/?transport=ws")
         wait_streaming(page)  # watching and listening still work, through the buffer player
         assert page.evaluate("window.isSecureContext") is False
         expect(page.locator("#talk-label")).to_have_text("Talk needs HTTPS")

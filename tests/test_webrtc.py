@@ -3,9 +3,12 @@
 aioice offers no loopback candidates and Chromium hides its addresses behind mDNS names, so everything runs
 inside network namespaces this module makes (tests/netns.py): the daemon in the server namespace, each
 Chromium in a client namespace joined to it by its own veth link (198.18.i.0/24). Chromium gets
-``--disable-features=WebRtcHideLocalIpsWithMdns`` (real host candidates), a fake microphone that loops a
-phrase synthesized with espeak-ng, and, since TLS is not this module's subject, the daemon's http:// origin
-treated as secure (``--unsafely-treat-insecure-origin-as-secure``) so getUserMedia works there.
+``--disable-features=WebRtcHideLocalIpsWithMdns`` (real host candidates) and a fake microphone that loops a
+phrase synthesized with espeak-ng. The module's daemon serves TLS (``--tls self-signed``) and the pages open
+``https://avatar.test:PORT/`` (``--host-resolver-rules`` maps the name to the daemon's address on that
+client's link; Chromium trusts the certificate by its key's fingerprint, see test_tls_browser.py): a secure
+context from TLS alone, as for a tablet on the LAN. The daemons that only one test starts serve plain http,
+their origins treated as secure (``--unsafely-treat-insecure-origin-as-secure``).
 
 What the page sees comes from ``RTCPeerConnection.getStats()`` (inbound-rtp: framesDecoded, packets, audio
 energy); what the daemon sees from ``avatarctl status`` over the control socket (a Unix socket: it does not
@@ -31,7 +34,10 @@ from conftest import start_daemon
 from netns import Network
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from test_tls_browser import NAME, spki_pin
+
 from avatard.brains import tts
+from avatard.tls import self_signed
 
 CHROMIUM = "/usr/bin/chromium"
 RATE = 16000
@@ -77,10 +83,16 @@ def mic_wav(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def daemon(net):
+def state(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="module")
+def daemon(net, state):
     short = Path(tempfile.mkdtemp(prefix="avw-", dir="/tmp"))  # Unix socket paths are limited to 108 bytes
     daemon = start_daemon(short, "--server", "--host", "0.0.0.0", "--port", str(PORT), "--token", TOKEN,
-                          "--max-clients", "4", preexec_fn=net.server.enter)
+                          "--max-clients", "4", "--tls", "self-signed", env={"STATE_DIRECTORY": str(state)},
+                          preexec_fn=net.server.enter)
     yield daemon
     daemon.stop()
 
@@ -91,8 +103,8 @@ def playwright():
         yield p
 
 
-def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path) -> Browser:
-    """Chromium inside client namespace ``index``."""
+def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path, pin: str) -> Browser:
+    """Chromium inside client namespace ``index``, trusting the certificate whose key has SPKI hash ``pin``."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: the WebRTC tests need Debian's chromium", pytrace=False)
     client = net.clients[index]
@@ -105,7 +117,9 @@ def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path) -> Br
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={mic_wav}",
-        "--unsafely-treat-insecure-origin-as-secure=" + ",".join(f"http://{client.server_address}:{PORT + i}" for i in range(3)),
+        f"--host-resolver-rules=MAP {NAME} {client.server_address}",
+        f"--ignore-certificate-errors-spki-list={pin}",
+        "--unsafely-treat-insecure-origin-as-secure=" + ",".join(f"http://{client.server_address}:{PORT + i}" for i in (1, 2)),
         "--autoplay-policy=no-user-gesture-required",
         "--disable-gpu",
         "--disable-background-networking",
@@ -116,9 +130,10 @@ def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path) -> Br
 
 
 @pytest.fixture(scope="module")
-def browsers(playwright, net, mic_wav, tmp_path_factory):
+def browsers(playwright, net, mic_wav, tmp_path_factory, daemon, state):
     tmp = tmp_path_factory.mktemp("chromium")
-    launched = [launch(playwright, net, i, mic_wav, tmp) for i in range(len(net.clients))]
+    pin = spki_pin(state / self_signed.CERT_FILE)  # made by the daemon, for its addresses in the namespace
+    launched = [launch(playwright, net, i, mic_wav, tmp, pin) for i in range(len(net.clients))]
     yield launched
     for browser in launched:
         browser.close()
@@ -131,7 +146,8 @@ def open_page(browser: Browser, net: Network, index: int, query: str = "", port:
     failures: list[str] = []
     page.on("pageerror", lambda exc: failures.append(f"uncaught: {exc}"))
     page.on("console", lambda m: failures.append(f"console.error: {m.text}") if m.type == "error" else None)
-    page.goto(f"http://{net.clients[index].server_address}:{port}/?token={TOKEN}{query}")
+    origin = f"https://{NAME}:{port}" if port == PORT else f"http://{net.clients[index].server_address}:{port}"
+    page.goto(f"{origin}/?token={TOKEN}{query}")
     page.wait_for_function("avatard.connection === 'connected' && avatard.framesDrawn > 0", timeout=WAIT_MS)
     try:
         yield page
@@ -165,8 +181,10 @@ def client_status(daemon, client_id: str) -> dict:
     return next(c for c in daemon.status()["client_list"] if c["id"] == client_id)
 
 
-def test_the_page_picks_webrtc_decodes_25_fps_plays_audio_and_the_microphone_reaches_the_brain(daemon, net, browsers):
+def test_the_page_picks_webrtc_decodes_25_fps_plays_audio_and_the_microphone_reaches_the_brain(daemon, net, browsers,
+                                                                                               state):
     with open_page(browsers[0], net, 0) as page:
+        assert page.evaluate("window.isSecureContext") is True, "https on a LAN name: a secure context"
         wait(page, "avatard.transport === 'webrtc'")
         assert page.evaluate("avatard.transportChoice.reason") == "default"
         rate = decoding(page)
@@ -199,9 +217,9 @@ def test_the_page_picks_webrtc_decodes_25_fps_plays_audio_and_the_microphone_rea
         assert stats["bitrate_kbps"] > 0 and stats["rtt_ms"] is not None, stats
         shown = daemon.ctl("status")
         assert re.search(rf"{client_id}\s+webrtc\s.*connected, [\d.]+ kbit/s, rtt [\d.]+ ms, lost \d+", shown.stdout), shown.stdout
-    fetch = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(urllib.request.Request("
-             f"'http://{net.clients[0].server_address}:{PORT}/metrics', headers={{'Authorization': 'Bearer {TOKEN}'}}))"
-             ".read().decode())")
+    fetch = ("import ssl, sys, urllib.request; sys.stdout.write(urllib.request.urlopen(urllib.request.Request("
+             f"'https://{net.clients[0].server_address}:{PORT}/metrics', headers={{'Authorization': 'Bearer {TOKEN}'}}),"
+             f" context=ssl.create_default_context(cafile={str(state / self_signed.CERT_FILE)!r})).read().decode())")
     metrics = subprocess.run([sys.executable, "-c", fetch], capture_output=True, text=True,
                              preexec_fn=net.clients[0].enter).stdout
     assert "avatard_viewer_bitrate_bps" in metrics
@@ -214,23 +232,24 @@ def test_transport_ws_forces_the_binary_stream(daemon, net, browsers):
         assert client_status(daemon, page.evaluate("avatard.clientId"))["transport"] == "websocket"
 
 
-def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_others(daemon, net, browsers):
+def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_others(daemon, net, browsers, state):
     with open_page(browsers[0], net, 0) as a, open_page(browsers[0], net, 0, "&transport=ws") as ws_page, \
             open_page(browsers[1], net, 1) as b:
         for page in (a, b):
             wait(page, "avatard.transport === 'webrtc'")
         ids = [page.evaluate("avatard.clientId") for page in (a, ws_page, b)]
         # --max-clients 4: an aiortc viewer is the fourth, a fifth connection is refused (WebRTC viewers count).
-        viewer = subprocess.Popen(net.clients[0].prefix() + [sys.executable, str(VIEWER),
-                                  f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "8",
-                                  "--pli-at", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        url = f"wss://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}"
+        cafile = str(state / self_signed.CERT_FILE)
+        viewer = subprocess.Popen(net.clients[0].prefix() + [sys.executable, str(VIEWER), url, "--cafile", cafile,
+                                  "--seconds", "8", "--pli-at", "2"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 15
         while daemon.status()["clients"] < 4:
             assert time.monotonic() < deadline and viewer.poll() is None, viewer.communicate()
             time.sleep(0.1)
-        refused = subprocess.run(net.clients[0].prefix() + [sys.executable, str(VIEWER),
-                                 f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "1"],
-                                 capture_output=True, text=True, timeout=30)
+        refused = subprocess.run(net.clients[0].prefix() + [sys.executable, str(VIEWER), url, "--cafile", cafile,
+                                 "--seconds", "1"], capture_output=True, text=True, timeout=30)
         assert refused.returncode != 0 and "1013" in refused.stderr, refused.stderr[-500:]
         # The viewer's keyframe request (RTCP PLI) reaches the daemon's shared encoder through aiortc.
         while not any(c.get("webrtc", {}).get("keyframe_requests") for c in daemon.status()["client_list"]):

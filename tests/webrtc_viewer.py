@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
 
@@ -30,6 +31,7 @@ class Viewer:
         self.pli_at = pli_at  # seconds after the answer: ask for a keyframe (RTCP PLI) as a browser would
         self.plis_sent = 0
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.ssl: ssl.SSLContext | None = None  # for wss://: trusts --cafile
         self.video_frames = 0
         self.audio_samples = 0
         self.audio_peak = 0
@@ -41,7 +43,7 @@ class Viewer:
         self._tasks: list[asyncio.Task] = []
 
     async def run(self, seconds: float) -> dict:
-        async with websockets.connect(self.url, max_size=None) as ws:
+        async with websockets.connect(self.url, max_size=None, ssl=self.ssl) as ws:
             reader = asyncio.ensure_future(self._read(ws))
             self.pc.addTransceiver("video", direction="recvonly")
             self.pc.addTransceiver("audio", direction="recvonly")
@@ -129,8 +131,12 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--viewers", type=int, default=1)
     parser.add_argument("--pli-at", type=float, help="send one RTCP PLI this many seconds after the answer")
+    parser.add_argument("--cafile", help="for wss:// URLs: the certificate to trust (the daemon's self-signed one)")
     args = parser.parse_args(argv)
     viewers = [Viewer(args.url, args.pli_at) for _ in range(args.viewers)]
+    if args.url.startswith("wss:"):
+        for viewer in viewers:
+            viewer.ssl = ssl.create_default_context(cafile=args.cafile)
     results = await asyncio.gather(*(v.run(args.seconds) for v in viewers))
     print(json.dumps(results))
 
