@@ -29,8 +29,6 @@ to it by veth links (198.18.0.0/15), all made and deleted here.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import subprocess
 import sys
@@ -212,7 +210,7 @@ def main() -> None:
 
     rows = [[str(r["viewers"]), f"{r['cpu']:.1f}", f"{r['viewer_cpu']:.0f}", f"{r['peer_kbps']:.0f}",
              f"{r['stream_kbps']:.0f}", str(r["lost"]), str(r["dropped"]), str(r["encoded"])] for r in runs.values()]
-    rows.append([f"1 speaking", f"{speaking['cpu']:.1f}", f"{speaking['viewer_cpu']:.0f}", f"{speaking['peer_kbps']:.0f}",
+    rows.append(["1 speaking", f"{speaking['cpu']:.1f}", f"{speaking['viewer_cpu']:.0f}", f"{speaking['peer_kbps']:.0f}",
                  f"{speaking['stream_kbps']:.0f}", str(speaking["lost"]), str(speaking["dropped"]), str(speaking["encoded"])])
     c.print_table(["viewers", "daemon CPU %", "viewers CPU %", "kbit/s per viewer", "encoder kbit/s", "lost", "dropped",
                    "frames encoded"], [["0", f"{idle_cpu:.1f}", "-", "-", "-", "-", "-", "0"], *rows])

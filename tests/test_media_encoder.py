@@ -12,8 +12,16 @@ import trio.testing
 
 from avatard.core.fanout import FanOut
 from avatard.core.messages import Frame
-from avatard.media.encoder import (AUDIO, KEYFRAME_INTERVAL, KEYFRAME_MIN_GAP, OPUS_FRAME, OPUS_RATE, VIDEO,
-                                   VIDEO_BUFFER, MediaEncoder)
+from avatard.media.encoder import (
+    AUDIO,
+    KEYFRAME_INTERVAL,
+    KEYFRAME_MIN_GAP,
+    OPUS_FRAME,
+    OPUS_RATE,
+    VIDEO,
+    VIDEO_BUFFER,
+    MediaEncoder,
+)
 
 FPS = 25
 SAMPLES = 16000 // FPS

@@ -33,7 +33,6 @@ import soundfile as sf
 from conftest import start_daemon
 from netns import Network
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-
 from test_tls_browser import NAME, spki_pin
 
 from avatard.brains import tts

@@ -32,8 +32,14 @@ from collections.abc import AsyncIterator, Callable
 
 import av
 import numpy as np
-from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender,
-                    RTCSessionDescription)
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from ..errors import ProtocolError
