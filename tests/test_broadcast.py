@@ -1,0 +1,123 @@
+"""The broadcast through the real Debian Janus, inside a network namespace of the test's own.
+
+The Janus API bodies are checked synchronously; then the Broadcaster (fed by a stand-in encoder,
+tests/packet_source.py) keeps a mountpoint on a real janus and aiortc viewers watch it through Janus.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from janus_server import JanusServer
+from janus_viewer import ViewerPool
+from netns import network_namespace
+from packet_source import packets
+
+from avatard.broadcast.broadcaster import Broadcaster
+from avatard.errors import JanusError
+from avatard.protocol import janus as api
+
+ADMIN_KEY = "adm1n-k3y-not-for-logs"
+MOUNTPOINT = 4242
+WAIT = 20.0  # any one expected state: a Janus restart, a WebRTC connection
+
+
+@pytest.fixture
+def netns():
+    with network_namespace() as ns, ns.entered():
+        yield ns
+
+
+@pytest.fixture
+def janus(netns):
+    server = JanusServer(Path(tempfile.mkdtemp(prefix="janus-")), address=netns.address, interface=netns.interface,
+                         admin_key=ADMIN_KEY).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def viewers(netns):
+    pool = ViewerPool()
+    yield pool
+    pool.close()
+
+
+def test_create_body_binds_to_one_address_with_keyframe_buffering():
+    mountpoint = api.Mountpoint(id=7, video_codec="vp8", iface="198.18.0.1", secret="s3", pin="1234")
+    body = mountpoint.create("key")
+    assert body["admin_key"] == "key" and body["permanent"] is False and body["pin"] == "1234"
+    assert [m["type"] for m in body["media"]] == ["audio", "video"]
+    assert all(m["iface"] == "198.18.0.1" and m["port"] == 0 for m in body["media"])
+    assert body["media"][1]["bufferkf"] is True and body["media"][1]["codec"] == "vp8"
+    assert "admin_key" not in mountpoint.create(None) and "s3" not in repr(mountpoint)
+
+
+def test_plugin_errors_are_raised_with_janus_code():
+    reply = {"janus": "success", "plugindata": {"data": {"error_code": 455, "error": "No such mountpoint"}}}
+    with pytest.raises(JanusError) as caught:
+        api.plugin_data(reply)
+    assert caught.value.code == api.NO_SUCH_MOUNTPOINT
+    with pytest.raises(JanusError) as caught:
+        api.parse_id({"janus": "error", "error": {"code": 458, "reason": "No such session"}})
+    assert caught.value.code == api.NO_SUCH_SESSION
+
+
+def test_secret_is_stable_for_a_key_and_random_without_one():
+    assert api.mountpoint_secret("k", 1, "r1") == api.mountpoint_secret("k", 1, "r2") != api.mountpoint_secret("k", 2, "r")
+    assert api.mountpoint_secret(None, 1, "r1") == "r1"
+
+
+async def wait_for(predicate, what: str, timeout: float = WAIT) -> None:
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_viewers_watch_through_janus_and_a_restart_recreates_the_mountpoint(janus, viewers):
+    keyframes = []
+    broadcaster = Broadcaster((janus.url,), admin_key=ADMIN_KEY, mountpoint=MOUNTPOINT, video_codec="vp8", pin=None,
+                              request_keyframe=lambda: keyframes.append(time.monotonic()))
+    server = broadcaster.servers[0]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broadcaster.run, packets())
+        await wait_for(lambda: server.connected, "the mountpoint")
+        info = janus.request("", {"janus": "create", "transaction": "t"})
+        assert info["janus"] == "success"
+        assert keyframes, "a new mountpoint asks the encoder for a keyframe"
+
+        watching = await trio.to_thread.run_sync(viewers.add, janus.url, MOUNTPOINT, 3)
+        await wait_for(lambda: all(v.counts.video_frames >= 50 and v.counts.audio_packets >= 50 for v in watching),
+                       "frames at every viewer")
+        await trio.to_thread.run_sync(viewers.remove, watching)
+
+        janus.kill()
+        await wait_for(lambda: not server.connected, "the keeper to notice Janus is gone")
+        await trio.to_thread.run_sync(janus.start)
+        await wait_for(lambda: server.connected, "the mountpoint on the restarted Janus")
+        assert server.status()["recreations"] == 1
+        again = await trio.to_thread.run_sync(viewers.add, janus.url, MOUNTPOINT, 1)
+        await wait_for(lambda: again[0].counts.video_frames >= 25, "frames after the restart")
+        status = server.status()
+        assert status["packets_sent"] > 0 and status["mountpoint"] == MOUNTPOINT
+        assert ADMIN_KEY not in repr(broadcaster.status())
+        nursery.cancel_scope.cancel()
+    assert ADMIN_KEY not in janus.log()
+
+
+async def test_wrong_admin_key_is_reported_without_the_key(janus):
+    broadcaster = Broadcaster((janus.url,), admin_key="wrong-key-zzz", mountpoint=MOUNTPOINT, video_codec="vp8",
+                              pin=None)
+    server = broadcaster.servers[0]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broadcaster.run, packets())
+        await wait_for(lambda: server.last_error is not None, "an error")
+        assert "457" in server.last_error and "wrong-key-zzz" not in server.last_error
+        assert not server.connected
+        nursery.cancel_scope.cancel()
