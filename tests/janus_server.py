@@ -4,12 +4,13 @@ The configuration follows the samples Debian ships in /etc/janus (janus.jcfg, ja
 janus.plugin.streaming.jcfg): only the HTTP transport (on the test's own address) and the streaming plugin
 are loaded, no STUN server, ICE gathers only on the test's veth interface (``ice_enforce_list``: "the only
 interfaces to use for ICE gathering"), and the streaming plugin demands ``admin_key`` for ``create``.
-Janus must be started inside the test's network namespace (tests/netns.py): libnice gathers no loopback
-candidates.
+Janus runs inside the test's server namespace (tests/netns.py): libnice gathers no loopback candidates.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -18,10 +19,27 @@ import time
 from pathlib import Path
 
 import httpx
+from netns import CLONE_NEWNET, Namespace
 
 PLUGINS = Path("/usr/lib/x86_64-linux-gnu/janus/plugins")
 TRANSPORTS = Path("/usr/lib/x86_64-linux-gnu/janus/transports")
 START_TIMEOUT = 15.0
+
+
+@contextlib.contextmanager
+def entered(namespace: Namespace):
+    """Run the body with the calling *thread* inside ``namespace`` (setns(2) changes only this thread), then
+    return it to where it was. Sockets, subprocesses and threads made meanwhile stay in the namespace."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        namespace.enter()
+        try:
+            yield
+        finally:
+            if ctypes.CDLL(None, use_errno=True).setns(home, CLONE_NEWNET):
+                raise OSError(ctypes.get_errno(), "setns back to the test's namespace failed")
+    finally:
+        os.close(home)
 
 
 def _all_but(folder: Path, keep: str) -> str:
@@ -81,20 +99,21 @@ general: {{
     return directory / "janus.jcfg"
 
 
-def free_port(address: str) -> int:
-    with socket.socket() as sock:
+def free_port(namespace: Namespace, address: str) -> int:
+    with entered(namespace), socket.socket() as sock:
         sock.bind((address, 0))
         return sock.getsockname()[1]
 
 
 class JanusServer:
-    """One janus process; ``restart()`` kills it (SIGKILL: as a crash would) and starts it again."""
+    """One janus process in ``namespace``, its HTTP API on ``address``, ICE on the interfaces ``interface``
+    names (Janus takes partial names: "vs" is every server-side veth); ``kill()`` is a crash (SIGKILL)."""
 
-    def __init__(self, directory: Path, *, address: str, interface: str, admin_key: str,
-                 port: int | None = None) -> None:
+    def __init__(self, directory: Path, namespace: Namespace, *, address: str, interface: str, admin_key: str) -> None:
         self.directory = directory
+        self.namespace = namespace
         self.address = address
-        self.port = port or free_port(address)
+        self.port = free_port(namespace, address)
         self.config = write_config(directory, address=address, port=self.port, interface=interface,
                                    admin_key=admin_key)
         self.log_path = directory / "janus.log"
@@ -107,13 +126,14 @@ class JanusServer:
     def start(self) -> JanusServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(["janus", "-C", str(self.config), "-F", str(self.directory), "-o"],
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=self.namespace.enter)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"janus exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/info", timeout=1.0).json().get("janus") == "server_info":
+                if self.request("/info").get("janus") == "server_info":
                     return self
             except (httpx.HTTPError, ValueError):
                 pass
@@ -125,10 +145,6 @@ class JanusServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
@@ -138,6 +154,6 @@ class JanusServer:
 
     def request(self, path: str = "", body: dict | None = None) -> dict:
         """One Janus API call from the test (for checks only; avatard has its own client)."""
-        response = httpx.post(self.url + path, json=body, timeout=5.0) if body is not None else \
-            httpx.get(self.url + path, timeout=5.0)
-        return response.json()
+        with entered(self.namespace), httpx.Client(timeout=5.0, trust_env=False) as http:
+            response = http.post(self.url + path, json=body) if body is not None else http.get(self.url + path)
+            return response.json()

@@ -69,6 +69,11 @@ class FanOut:
         self._sinks: list[_Sink] = []
         self.frames_dropped = 0
 
+    @property
+    def generation(self) -> int:
+        """The renderer's current interrupt generation."""
+        return self._current_generation()
+
     @contextlib.contextmanager
     def sink(self, name: str, buffer: int = SINK_BUFFER):
         """Register a sink for the duration of the ``with``; yields its :class:`SinkFrames`.
