@@ -105,7 +105,7 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @command(cli)
 @pass_state
 def status(state: State) -> None:
-    """Renderer, brain, uptime, clients, frame counters and last turn latency."""
+    """Renderer, brain, uptime, clients, frame counters, last turn latency and the Janus servers broadcast to."""
     reply = state.call("status")
     if state.as_json:
         state.show(reply)
@@ -138,6 +138,10 @@ def status(state: State) -> None:
                      + (f", presence off: {reply['presence_unavailable']}" if reply.get("presence_unavailable") else ""))
     if reply.get("server"):
         lines.append(f"server:     {reply['server']}")
+    for janus in reply.get("janus") or ():
+        state_text = f"mountpoint {janus['mountpoint']}" if janus["connected"] else f"away ({janus['last_error']})"
+        lines.append(f"janus:      {janus['url']}: {state_text}, {janus['packets_sent']} packets sent, "
+                     f"{janus['packets_dropped']} dropped, {janus['recreations']} re-creations")
     click.echo("\n".join(lines))
 
 

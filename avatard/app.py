@@ -6,7 +6,8 @@
     pictures (camera, browsers, avatarctl look) --> Vision (<= 1/s to the brain; faces --> presence events)
     brain --push_audio (SpeechBuffer, 4 s, backpressure)--> renderer (the clock, fps frames/s)
     renderer --Frame--> [render queue, 2, drop+count] --> fan-out
-    fan-out --Frame--> [one channel per sink, drop+count] --> WebSocket server, speaker, window, recorder
+    fan-out --Frame--> [one channel per sink, drop+count] --> WebSocket server, speaker, window, recorder,
+        media encoder (encode once) --packets--> broadcast --RTP--> Janus servers (--janus)
     everyone --Event--> event bus --> [one channel per subscriber, drop+count] --> avatarctl, browsers
 
 Interrupts go through the hub, which clears the brain, the renderer's speech buffer and every sink's
@@ -95,6 +96,22 @@ def make_vision(config: Config, brain, events: EventBus, inputs: InputLanes) -> 
                   presence=Presence(config.greet_after))
 
 
+def make_broadcast(config: Config, fanout: FanOut) -> tuple:
+    """With --janus: the encode-once media encoder (a sink: the hub flushes it on interrupts) and the broadcast
+    that feeds every Janus server from it (a front end: its status is ``janus``)."""
+    if not config.janus:
+        return ()
+    try:
+        from .broadcast.broadcaster import Broadcaster
+        from .media.encoder import MediaEncoder
+    except ImportError as exc:  # aiortc (the RTP payloaders) needs Python >= 3.11
+        raise ConfigError(f"--janus: the broadcast needs {exc.name}, which is not installed") from None
+    encoder = MediaEncoder(fanout, config.fps, codec=config.janus_video_codec)
+    broadcaster = Broadcaster(encoder, config.janus, admin_key=config.janus_admin_key,
+                              mountpoint=config.janus_mountpoint, pin=config.janus_pin)
+    return encoder, broadcaster
+
+
 def main(config: Config) -> None:
     """Run the daemon until it stops: in this thread, or in a worker thread when a window is wanted.
 
@@ -133,8 +150,10 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
         from .server.websocket import WsServer
         server = WsServer(config, fanout, registry)
     front_ends = (server,) if server is not None else ()
+    broadcast = make_broadcast(config, fanout)  # (encoder, broadcaster) with --janus
     hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
-              sinks=front_ends + local.sinks, front_ends=front_ends, local_parts=local.all,
+              sinks=front_ends + local.sinks + broadcast[:1], front_ends=front_ends + broadcast[1:],
+              local_parts=local.all,
               audio_file=local.audio_file, vision=vision, camera_device=local.camera, greeting=config.greet)
     metrics.bind(registry, hub.status)
 
@@ -155,6 +174,8 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
         if server is not None:
             await nursery.start(server.serve, hub)
         await start_local_parts(nursery, local, hub, fanout)
+        for part in broadcast:
+            await nursery.start(part.run)
         nursery.start_soon(sd_notify.watchdog, lambda: renderer.frames_rendered > 0)
         sd_notify.notify("READY=1")
         events.publish("status", status="listening")

@@ -1,13 +1,16 @@
 """The broadcast through the real Debian Janus, inside a network namespace of the test's own.
 
-The Janus API bodies are checked synchronously; then the Broadcaster (fed by a stand-in encoder,
-tests/packet_source.py) keeps a mountpoint on a real janus and aiortc viewers watch it through Janus.
+The Janus API bodies are checked synchronously; then the Broadcaster, fed by the real MediaEncoder on a
+FanOut that a paced task fills with drawn frames at 25 fps, keeps a mountpoint on a real janus, and aiortc
+viewers (in a client namespace) watch it through Janus.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +18,12 @@ import trio
 from janus_server import JanusServer, entered
 from janus_viewer import ViewerPool
 from netns import Network
-from packet_source import packets
+from test_media_encoder import FPS, make_frame
 
 from avatard.broadcast.broadcaster import Broadcaster
+from avatard.core.fanout import FanOut
 from avatard.errors import JanusError
+from avatard.media.encoder import MediaEncoder
 from avatard.protocol import janus as api
 
 ADMIN_KEY = "adm1n-k3y-not-for-logs"
@@ -90,15 +95,48 @@ async def wait_for(predicate, what: str, timeout: float = WAIT) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def paced_frames(send: trio.MemorySendChannel) -> None:
+    """The renderer's part: a frame every 1/FPS s on trio's clock."""
+    start = trio.current_time()
+    for index in range(1_000_000):
+        await trio.sleep_until(start + index / FPS)
+        await send.send(make_frame(index))
+
+
+async def start_encoder(nursery: trio.Nursery, codec: str = "vp8") -> MediaEncoder:
+    fanout = FanOut(lambda: 0)
+    send, receive = trio.open_memory_channel(2)
+    encoder = MediaEncoder(fanout, FPS, codec=codec)
+    nursery.start_soon(fanout.run, receive)
+    nursery.start_soon(paced_frames, send)
+    await nursery.start(encoder.run)
+    return encoder
+
+
+class Keyframes:
+    """Counts the encoder's keyframe requests (the broadcast asks for one per new mountpoint)."""
+
+    def __init__(self, encoder: MediaEncoder) -> None:
+        self.asked = 0
+        original = encoder.request_keyframe
+
+        def request_keyframe() -> None:
+            self.asked += 1
+            original()
+
+        encoder.request_keyframe = request_keyframe
+
+
 async def test_viewers_watch_through_janus_and_a_restart_recreates_the_mountpoint(janus, viewers, in_server_namespace):
-    keyframes = []
-    broadcaster = Broadcaster((janus.url,), admin_key=ADMIN_KEY, mountpoint=MOUNTPOINT, video_codec="vp8", pin=None,
-                              request_keyframe=lambda: keyframes.append(time.monotonic()))
-    server = broadcaster.servers[0]
     async with trio.open_nursery() as nursery:
-        await nursery.start(broadcaster.run, packets())
+        encoder = await start_encoder(nursery)
+        keyframes = Keyframes(encoder)
+        broadcaster = Broadcaster(encoder, (janus.url,), admin_key=ADMIN_KEY, mountpoint=MOUNTPOINT, pin=None)
+        server = broadcaster.servers[0]
+        await nursery.start(broadcaster.run)
         await wait_for(lambda: server.connected, "the mountpoint")
-        assert keyframes, "a new mountpoint asks the encoder for a keyframe"
+        # One for the broadcast's new video subscription (the encoder's rule), one for the new mountpoint.
+        assert keyframes.asked == 2
 
         watching = await trio.to_thread.run_sync(viewers.add, janus.url, MOUNTPOINT, 3)
         await wait_for(lambda: all(v.counts.video_frames >= 50 and v.counts.audio_packets >= 50 for v in watching),
@@ -109,7 +147,7 @@ async def test_viewers_watch_through_janus_and_a_restart_recreates_the_mountpoin
         await wait_for(lambda: not server.connected, "the keeper to notice Janus is gone")
         await trio.to_thread.run_sync(janus.start)
         await wait_for(lambda: server.connected, "the mountpoint on the restarted Janus")
-        assert server.status()["recreations"] == 1
+        assert server.status()["recreations"] == 1 and keyframes.asked == 3
         again = await trio.to_thread.run_sync(viewers.add, janus.url, MOUNTPOINT, 1)
         await wait_for(lambda: again[0].counts.video_frames >= 25, "frames after the restart")
         status = server.status()
@@ -120,12 +158,27 @@ async def test_viewers_watch_through_janus_and_a_restart_recreates_the_mountpoin
 
 
 async def test_wrong_admin_key_is_reported_without_the_key(janus, in_server_namespace):
-    broadcaster = Broadcaster((janus.url,), admin_key="wrong-key-zzz", mountpoint=MOUNTPOINT, video_codec="vp8",
-                              pin=None)
-    server = broadcaster.servers[0]
     async with trio.open_nursery() as nursery:
-        await nursery.start(broadcaster.run, packets())
+        encoder = await start_encoder(nursery)
+        broadcaster = Broadcaster(encoder, (janus.url,), admin_key="wrong-key-zzz", mountpoint=MOUNTPOINT, pin=None)
+        server = broadcaster.servers[0]
+        await nursery.start(broadcaster.run)
         await wait_for(lambda: server.last_error is not None, "an error")
         assert "457" in server.last_error and "wrong-key-zzz" not in server.last_error
         assert not server.connected
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--janus", "ftp://janus.example/janus"), "--janus: 'ftp://janus.example/janus' is not an http(s) URL"),
+    (("--janus", "http://198.18.0.1:8088/janus", "--janus", "http://198.18.0.1:8088/janus"), "the same server is given twice"),
+    (("--janus", "http://198.18.0.1:8088/janus", "--janus-mountpoint", "0"), "--janus-mountpoint: 0 is not in 1.."),
+    (("--janus", "http://198.18.0.1:8088/janus", "--janus-video-codec", "av1"), "'av1' is not one of 'vp8', 'h264'"),
+])
+def test_bad_janus_flags_exit_2_with_one_line(args, message, tmp):
+    result = subprocess.run([sys.executable, "-m", "avatard", "--server", "--host", "127.0.0.1", *args,
+                             "--janus-admin-key", ADMIN_KEY], capture_output=True, text=True, cwd=tmp, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("AVATARD_")})
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert ADMIN_KEY not in result.stderr

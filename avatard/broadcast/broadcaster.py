@@ -1,10 +1,13 @@
 """The broadcast: the encoder's packets, packetized into RTP once, to every configured Janus server.
 
-    encoder (encode once) --(kind, av.Packet)--> Broadcaster --RTP datagrams--> JanusSink x N --UDP--> Janus
+    MediaEncoder (encode once) --EncodedPacket--> [subscription: video 5, audio 10; drop+count, see
+    avatard.media.encoder] --> Broadcaster --RTP datagrams--> JanusSink x N [SEND_QUEUE each, drop+count]
+    --UDP--> Janus
 
-The encoder's subscription is the only input; each datagram is handed to every server with ``offer()``
-(non-blocking; a server that cannot take it drops and counts it), so one Janus that is away or slow
-never delays another, the encoder or the renderer.
+The broadcast is one subscriber of the encoder, however many Janus servers there are: the same
+datagrams go to each of them through ``offer()`` (non-blocking), so one Janus that is away or slow never
+delays another, the encoder or the renderer. A mountpoint that was just made (at start, or after a Janus
+restart) asks the encoder for a keyframe, so its first viewers need not wait for the periodic one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 
 import trio
 
+from ..media.encoder import AUDIO, VIDEO, MediaEncoder
 from .janus import JanusSink
 from .rtp import Packetizer
 
@@ -20,30 +24,33 @@ logger = logging.getLogger("avatard.broadcast")
 
 
 class Broadcaster:
+    """``status()`` gives ``janus`` (one entry per server, see :meth:`JanusSink.status`) and ``broadcast_encoder``."""
+
     name = "broadcast"
 
-    def __init__(self, urls: tuple[str, ...], *, admin_key: str | None, mountpoint: int, video_codec: str,
-                 pin: str | None, request_keyframe=lambda: None) -> None:
-        self.video_codec = video_codec
-        self.servers = [JanusSink(index, url, admin_key=admin_key, mountpoint=mountpoint, video_codec=video_codec,
-                                  pin=pin, on_mountpoint=request_keyframe)
+    def __init__(self, encoder: MediaEncoder, urls: tuple[str, ...], *, admin_key: str | None, mountpoint: int,
+                 pin: str | None) -> None:
+        self.encoder = encoder
+        self.servers = [JanusSink(index, url, admin_key=admin_key, mountpoint=mountpoint, video_codec=encoder.codec,
+                                  pin=pin, on_mountpoint=encoder.request_keyframe)
                         for index, url in enumerate(urls, start=1)]
-        self.packets = 0  # encoded packets taken from the encoder
 
     def status(self) -> dict:
-        return {"janus": [server.status() for server in self.servers]}
+        return {"janus": [server.status() for server in self.servers], "broadcast_encoder": self.encoder.status()}
 
-    async def run(self, packets, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        """``packets``: an async iterable of (``"audio"`` | ``"video"``, av.Packet), e.g. the encoder's."""
-        packetizer = Packetizer(self.video_codec)
-        async with trio.open_nursery() as nursery:
-            for server in self.servers:
-                nursery.start_soon(server.run)
-            task_status.started()
-            async for kind, packet in packets:
-                self.packets += 1
-                datagrams = packetizer.audio(packet) if kind == "audio" else packetizer.video(packet)
-                for datagram in datagrams:
-                    for server in self.servers:
-                        server.offer(kind, datagram)
-            nursery.cancel_scope.cancel()
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        packetizer = Packetizer(self.encoder.codec)
+        with self.encoder.subscribe("janus-video", VIDEO) as video, \
+                self.encoder.subscribe("janus-audio", AUDIO) as audio:
+            async with trio.open_nursery() as nursery:
+                for server in self.servers:
+                    nursery.start_soon(server.run)
+                nursery.start_soon(self._pump, video, VIDEO, packetizer.video)
+                nursery.start_soon(self._pump, audio, AUDIO, packetizer.audio)
+                task_status.started()
+
+    async def _pump(self, packets, kind: str, packetize) -> None:
+        async for packet in packets:
+            for datagram in packetize(packet.to_av_packet()):
+                for server in self.servers:
+                    server.offer(kind, datagram)
