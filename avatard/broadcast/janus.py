@@ -128,7 +128,7 @@ class JanusSink:
                         self._target = (iface, ports)
                 except (JanusUnreachable, JanusError) as exc:
                     if self._target is not None or self.last_error != str(exc):
-                        logger.warning("%s (%s): %s; retrying", self.name, self.url, exc)
+                        logger.warning("%s: %s; retrying", self.name, exc)
                     self._target = None
                     self.last_error = str(exc)
                     await trio.sleep(backoff)
