@@ -157,6 +157,24 @@ async def test_viewers_watch_through_janus_and_a_restart_recreates_the_mountpoin
     assert ADMIN_KEY not in janus.log()
 
 
+async def test_a_mountpoint_that_is_not_ours_is_left_alone_and_reported(janus, in_server_namespace):
+    session = janus.request("", {"janus": "create", "transaction": "t1"})["data"]["id"]
+    handle = janus.request(f"/{session}", {"janus": "attach", "plugin": api.STREAMING_PLUGIN, "transaction": "t2"})["data"]["id"]
+    theirs = api.Mountpoint(id=MOUNTPOINT, video_codec="vp8", iface=janus.address, secret="someone-elses")
+    created = janus.request(f"/{session}/{handle}", {"janus": "message", "transaction": "t3", "body": theirs.create(ADMIN_KEY)})
+    api.parse_created(api.plugin_data(created))
+    async with trio.open_nursery() as nursery:
+        encoder = await start_encoder(nursery)
+        broadcaster = Broadcaster(encoder, (janus.url,), admin_key=ADMIN_KEY, mountpoint=MOUNTPOINT, pin=None)
+        server = broadcaster.servers[0]
+        await nursery.start(broadcaster.run)
+        await wait_for(lambda: server.last_error is not None, "an error")
+        assert "secret that is not ours" in server.last_error and not server.connected
+        nursery.cancel_scope.cancel()
+    info = janus.request(f"/{session}/{handle}", {"janus": "message", "transaction": "t4", "body": theirs.info()})
+    assert api.parse_info(api.plugin_data(info)), "the other mountpoint is still there, untouched"
+
+
 async def test_wrong_admin_key_is_reported_without_the_key(janus, in_server_namespace):
     async with trio.open_nursery() as nursery:
         encoder = await start_encoder(nursery)
@@ -182,3 +200,14 @@ def test_bad_janus_flags_exit_2_with_one_line(args, message, tmp):
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert ADMIN_KEY not in result.stderr
+
+
+def test_help_names_the_janus_flags_and_never_the_key(tmp):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AVATARD_")},
+           "AVATARD_JANUS_ADMIN_KEY": ADMIN_KEY, "AVATARD_JANUS_PIN": "97531"}
+    help_text = subprocess.run([sys.executable, "-m", "avatard", "--help"], capture_output=True, text=True, env=env,
+                               cwd=tmp, timeout=60).stdout
+    for flag in ("--janus ", "--janus-admin-key", "--janus-mountpoint", "--janus-video-codec", "--janus-pin",
+                 "AVATARD_JANUS_ADMIN_KEY"):
+        assert flag in help_text
+    assert ADMIN_KEY not in help_text and "97531" not in help_text

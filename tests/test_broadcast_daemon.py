@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import start_daemon
 from janus_server import JanusServer, entered
@@ -145,7 +146,7 @@ def test_chromium_watches_the_broadcast_and_comes_back_after_janus_restarts(net,
     assert_no_admin_key(broadcasting, janus)
 
 
-def test_twenty_aiortc_viewers_each_get_the_frame_rate(janus, broadcasting, viewers):
+def test_twenty_aiortc_viewers_each_get_the_frame_rate(net, janus, broadcasting, viewers):
     watching = viewers.add(janus.url, MOUNTPOINT, 20, pin=PIN)
     wait_until(lambda: all(v.counts.video_frames >= 100 for v in watching), "4 s of frames at every viewer", 60)
     now = time.monotonic()
@@ -155,6 +156,10 @@ def test_twenty_aiortc_viewers_each_get_the_frame_rate(janus, broadcasting, view
     status = broadcasting.status()
     assert status["janus"][0]["packets_dropped"] == 0 or status["janus"][0]["packets_sent"] > 0
     assert status["broadcast_encoder"]["subscribers"] == 2  # one video and one audio subscription, for 20 viewers
+    with entered(net.server):
+        metrics = httpx.get(f"http://{net.clients[0].server_address}:{broadcasting.port}/metrics", timeout=10).text
+    assert 'avatard_janus_connected{server="janus_1",url="%s"} 1.0' % janus.url in metrics
+    assert "avatard_janus_packets_sent_total" in metrics and "avatard_janus_recreations_total" in metrics
     assert_no_admin_key(broadcasting, janus)
 
 

@@ -137,10 +137,17 @@ class JanusSink:
     async def _ensure(self, http: httpx.AsyncClient, path: str, mountpoint: api.Mountpoint) -> api.Ports:
         """The mountpoint's ports: from ``info`` when it exists, else from a fresh ``create``."""
         try:
-            return api.parse_info(api.plugin_data(await self._post(http, path, api.message(mountpoint.info()))))
+            data = api.plugin_data(await self._post(http, path, api.message(mountpoint.info())))
         except JanusError as exc:
             if exc.code != api.NO_SUCH_MOUNTPOINT:
                 raise
+        else:
+            try:
+                return api.parse_info(data)
+            except JanusError:  # Janus shows the ports only to whoever knows the mountpoint's secret
+                raise JanusError(0, f"mountpoint {mountpoint.id} exists with a secret that is not ours (made by "
+                                    "something else, or by avatard with another admin key); choose another "
+                                    "--janus-mountpoint or destroy it") from None
         ports = api.parse_created(api.plugin_data(
             await self._post(http, path, api.message(mountpoint.create(self._admin_key)))))
         self.created += 1
