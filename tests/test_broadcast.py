@@ -157,6 +157,19 @@ async def test_viewers_watch_through_janus_and_a_restart_recreates_the_mountpoin
     assert ADMIN_KEY not in janus.log()
 
 
+async def test_h264_reaches_a_viewer(janus, viewers, in_server_namespace):
+    async with trio.open_nursery() as nursery:
+        encoder = await start_encoder(nursery, codec="h264")
+        broadcaster = Broadcaster(encoder, (janus.url,), admin_key=ADMIN_KEY, mountpoint=MOUNTPOINT, pin="8080")
+        await nursery.start(broadcaster.run)
+        await wait_for(lambda: broadcaster.servers[0].connected, "the mountpoint")
+        watching = await trio.to_thread.run_sync(lambda: viewers.add(janus.url, MOUNTPOINT, 1, pin="8080"))
+        await wait_for(lambda: watching[0].counts.video_frames >= 25 and watching[0].counts.audio_packets >= 25,
+                       "H.264 frames and audio at the viewer")
+        assert "H264/90000" in watching[0].pc.remoteDescription.sdp
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_mountpoint_that_is_not_ours_is_left_alone_and_reported(janus, in_server_namespace):
     session = janus.request("", {"janus": "create", "transaction": "t1"})["data"]["id"]
     handle = janus.request(f"/{session}", {"janus": "attach", "plugin": api.STREAMING_PLUGIN, "transaction": "t2"})["data"]["id"]

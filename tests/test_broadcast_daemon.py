@@ -28,7 +28,7 @@ from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_KEY = "janus-admin-k3y-never-logged"
-PIN = "2468"
+PIN = "viewer-pin-x7q"
 MOUNTPOINT = 5151
 WAIT = 30.0  # any one expected state: a WebRTC connection, a Janus restart noticed (backoff <= 10 s)
 

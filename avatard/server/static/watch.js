@@ -36,6 +36,7 @@ async function watch(mine) {
     const events = await (await fetch(`${janus}/${session}?maxev=5&rid=${Date.now()}`)).json();
     for (const ev of [].concat(events)) {
       const data = ev.plugindata?.data || {};
+      if (ev.janus === 'error') throw new Error(ev.error?.reason || 'Janus error');  // e.g. 458: Janus restarted
       if (ev.janus === 'event' && data.error) throw new Error(data.error);
       if (ev.janus === 'event' && ev.jsep?.type === 'offer') {
         await pc.setRemoteDescription(ev.jsep);
