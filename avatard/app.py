@@ -96,20 +96,28 @@ def make_vision(config: Config, brain, events: EventBus, inputs: InputLanes) -> 
                   presence=Presence(config.greet_after))
 
 
-def make_broadcast(config: Config, fanout: FanOut) -> tuple:
-    """With --janus: the encode-once media encoder (a sink: the hub flushes it on interrupts) and the broadcast
-    that feeds every Janus server from it (a front end: its status is ``janus``)."""
+def make_encoders(config: Config, fanout: FanOut) -> dict:
+    """The encode-once media encoders, one per video codec wanted: the WebRTC viewers' (--webrtc-codec, server
+    mode) and the broadcast's (--janus-video-codec); when both want the same codec they share one encoder.
+    Each is a fan-out sink (the hub flushes it on interrupts) that encodes nothing while nobody subscribes."""
+    codecs = ([config.webrtc_codec] if config.server else []) + ([config.janus_video_codec] if config.janus else [])
+    if not codecs:
+        return {}
+    from .media.encoder import MediaEncoder
+    return {codec: MediaEncoder(fanout, codec=codec) for codec in dict.fromkeys(codecs)}
+
+
+def make_broadcast(config: Config, encoders: dict):
+    """With --janus: the broadcast that feeds every Janus server from its codec's encoder (a front end: its
+    status is ``janus``)."""
     if not config.janus:
-        return ()
+        return None
     try:
         from .broadcast.broadcaster import Broadcaster
-        from .media.encoder import MediaEncoder
     except ImportError as exc:  # aiortc (the RTP payloaders) needs Python >= 3.11
         raise ConfigError(f"--janus: the broadcast needs {exc.name}, which is not installed") from None
-    encoder = MediaEncoder(fanout, config.fps, codec=config.janus_video_codec)
-    broadcaster = Broadcaster(encoder, config.janus, admin_key=config.janus_admin_key,
-                              mountpoint=config.janus_mountpoint, pin=config.janus_pin)
-    return encoder, broadcaster
+    return Broadcaster(encoders[config.janus_video_codec], config.janus, admin_key=config.janus_admin_key,
+                       mountpoint=config.janus_mountpoint, pin=config.janus_pin)
 
 
 def main(config: Config) -> None:
@@ -145,14 +153,16 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     fanout = FanOut(lambda: renderer.generation)
     vision = make_vision(config, brain, events, inputs)
     local = make_local_parts(config, setup, renderer, window)
+    encoders = make_encoders(config, fanout)
     server = None
     if config.server:
         from .server.websocket import WsServer
-        server = WsServer(config, fanout, registry)
+        server = WsServer(config, fanout, registry, encoders[config.webrtc_codec])
     front_ends = (server,) if server is not None else ()
-    broadcast = make_broadcast(config, fanout)  # (encoder, broadcaster) with --janus
+    broadcaster = make_broadcast(config, encoders)  # with --janus
+    broadcast = (broadcaster,) if broadcaster is not None else ()
     hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
-              sinks=front_ends + local.sinks + broadcast[:1], front_ends=front_ends + broadcast[1:],
+              sinks=front_ends + tuple(encoders.values()) + local.sinks, front_ends=front_ends + broadcast,
               local_parts=local.all,
               audio_file=local.audio_file, vision=vision, camera_device=local.camera, greeting=config.greet)
     metrics.bind(registry, hub.status)
@@ -171,11 +181,13 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub)
+        for encoder in encoders.values():
+            await nursery.start(encoder.run, renderer.fps)
         if server is not None:
             await nursery.start(server.serve, hub)
         await start_local_parts(nursery, local, hub, fanout)
-        for part in broadcast:
-            await nursery.start(part.run)
+        if broadcaster is not None:
+            await nursery.start(broadcaster.run)
         nursery.start_soon(sd_notify.watchdog, lambda: renderer.frames_rendered > 0)
         sd_notify.notify("READY=1")
         events.publish("status", status="listening")

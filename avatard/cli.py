@@ -19,7 +19,6 @@ from .config import (
     DEFAULT_GEMINI_MODEL,
     DEFAULT_INSTRUCTIONS,
     DEFAULT_MOUNTPOINT,
-    JANUS_VIDEO_CODECS,
     LOG_FORMATS,
     LOG_LEVELS,
     RENDERERS,
@@ -27,6 +26,7 @@ from .config import (
     is_loopback,
     parse_size,
 )
+from .constants import VIDEO_CODECS
 from .errors import AvatardError, ConfigError
 from .paths import default_control_socket, default_state_directory
 from .token_file import load_or_create, read_token_file
@@ -77,6 +77,15 @@ OPTIONS = [
                                                                                  "that may talk [default: only back to its author].")),
     ("--allow-origin", ["AVATARD_ALLOW_ORIGIN"], dict(multiple=True, help="Allowed Origin for browsers (repeatable; * for any) "
                                                                          "[default: the page's own origin].")),
+    ("--ice-server", ["AVATARD_ICE_SERVERS"], dict(multiple=True, help="STUN or TURN server for WebRTC (repeatable; space-"
+                                                   "separated in the environment): stun:HOST[:PORT], turn:HOST[:PORT]"
+                                                   "[?transport=udp|tcp], turns:HOST[:PORT]?transport=tcp [default: none, "
+                                                   "host candidates only, which is all a LAN needs].")),
+    ("--turn-username", ["AVATARD_TURN_USERNAME"], dict(help="Username for the --ice-server turn: URLs.")),
+    ("--turn-password", ["AVATARD_TURN_PASSWORD"], dict(help="Password for the --ice-server turn: URLs; never logged. "
+                                                             "Prefer the environment: every local user can read a command line.")),
+    ("--webrtc-codec", ["AVATARD_WEBRTC_CODEC"], dict(type=click.Choice(VIDEO_CODECS), default="vp8", show_default=True,
+                                                      help="Video codec for WebRTC viewers (encoded once for all of them).")),
     ("--gemini-base-url", ["GEMINI_BASE_URL"], dict(help="Live API endpoint (proxy, regional endpoint) [default: the SDK's; "
                                                          "GOOGLE_GEMINI_BASE_URL also works].")),
     ("--gemini-ca-file", ["GEMINI_CA_FILE"], dict(help="Extra CA certificate (PEM) to trust for the Live API, added to the default trust.")),
@@ -101,13 +110,14 @@ OPTIONS = [
                                                                  "the mountpoint (never logged).")),
     ("--janus-mountpoint", ["AVATARD_JANUS_MOUNTPOINT"], dict(type=int, default=DEFAULT_MOUNTPOINT, show_default=True,
                                                               help="Id of the mountpoint avatard keeps on every Janus server.")),
-    ("--janus-video-codec", ["AVATARD_JANUS_VIDEO_CODEC"], dict(type=click.Choice(JANUS_VIDEO_CODECS), default="vp8",
+    ("--janus-video-codec", ["AVATARD_JANUS_VIDEO_CODEC"], dict(type=click.Choice(VIDEO_CODECS), default="vp8",
                                                                 show_default=True, help="Video codec of the broadcast.")),
     ("--janus-pin", ["AVATARD_JANUS_PIN"], dict(help="PIN viewers must give to watch the broadcast (never logged).")),
     ("--log-level", ["AVATARD_LOG_LEVEL"], dict(type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="Log level.")),
     ("--log-format", ["AVATARD_LOG_FORMAT"], dict(type=click.Choice(LOG_FORMATS), default="text", show_default=True, help="Log format.")),
 ]
-SECRET_PARAMS = {"api_secret", "gemini_api_key", "token", "viewer_token", "janus_admin_key", "janus_pin"}
+SECRET_PARAMS = {"api_secret", "gemini_api_key", "token", "viewer_token", "turn_password", "janus_admin_key",
+                 "janus_pin"}
 
 
 def _decorate(func):
@@ -150,6 +160,7 @@ def build_config(params: dict) -> Config:
     width, height = parse_size(params.pop("size"))
     params["control_socket"] = params["control_socket"] or default_control_socket()
     params["allow_origin"] = tuple(params["allow_origin"])
+    params["ice_server"] = tuple(params["ice_server"])
     params["janus"] = tuple(params["janus"])
     if params["token_file"] is not None:
         if params["token"] is not None:
@@ -177,7 +188,8 @@ def command(ctx: click.Context, env_file: str | None, **params) -> None:
     config = build_config(params)
     from . import logs
     logs.setup(config.log_level, config.log_format, [config.api_secret, config.gemini_api_key, config.token,
-                                                     config.viewer_token, config.janus_admin_key, config.janus_pin])
+                                                     config.viewer_token, config.turn_password, config.janus_admin_key,
+                                                     config.janus_pin])
     from . import app
     app.main(config)
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .constants import MAX_CAMERA_FPS, MAX_TEXT_CHARS, RATE
+from .constants import MAX_CAMERA_FPS, MAX_TEXT_CHARS, RATE, VIDEO_CODECS
 from .errors import ConfigError
 
 # Prebuilt voices of the Live API (the 30 HD voices of the native-audio models; the seed's five are among them).
@@ -45,9 +45,11 @@ GREET_MODEL = "model"
 MAX_GREET_AFTER = 86400.0
 # Frame sizes beyond this are not an avatar on an edge box; the limit keeps a typo from allocating gigabytes.
 MAX_FRAME_SIDE = 4096
+# The ICE server URLs aiortc takes (RFC 7064/7065: stun/stuns/turn/turns, host, optional port, turn's
+# ?transport=udp|tcp).
+ICE_URL_RE = re.compile(r"(stuns?|turns?):(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(\?transport=(udp|tcp))?")
 # 16 kHz audio must split into whole samples per frame: fps must divide RATE.
 MAX_FPS = 60
-JANUS_VIDEO_CODECS = ("vp8", "h264")
 # Janus's streaming plugin takes numeric mountpoint ids (string_ids off, the default); JSON numbers beyond
 # 2^53 lose precision in the viewer page's JavaScript.
 MAX_MOUNTPOINT = 2 ** 53 - 1
@@ -188,6 +190,12 @@ class Config:
     no_auth: bool = False  # beyond loopback without a token, on purpose
     share_transcripts: bool = False  # user transcripts to every client that may talk, not only their author
     allow_origin: tuple[str, ...] = ()
+    # WebRTC: no ICE server unless given (aiortc's default is Google's public STUN server, which an offline box
+    # waits seconds for); TURN credentials for the turn: URLs.
+    ice_server: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    turn_username: str | None = None
+    turn_password: str | None = attrs.field(default=None, repr=False)
+    webrtc_codec: str = attrs.field(default="vp8", validator=_one_of("--webrtc-codec", VIDEO_CODECS))
     gemini_base_url: str | None = None
     gemini_ca_file: str | None = attrs.field(default=None, validator=_path_exists("--gemini-ca-file"))
     # Vertex AI: the project and location; credentials come from Application Default Credentials.
@@ -208,7 +216,7 @@ class Config:
     janus: tuple[str, ...] = attrs.field(default=(), validator=_janus_urls)
     janus_admin_key: str | None = attrs.field(default=None, repr=False)
     janus_mountpoint: int = attrs.field(default=DEFAULT_MOUNTPOINT, validator=_in_range("--janus-mountpoint", 1, MAX_MOUNTPOINT))
-    janus_video_codec: str = attrs.field(default="vp8", validator=_one_of("--janus-video-codec", JANUS_VIDEO_CODECS))
+    janus_video_codec: str = attrs.field(default="vp8", validator=_one_of("--janus-video-codec", VIDEO_CODECS))
     janus_pin: str | None = attrs.field(default=None, repr=False)  # viewers must give it to watch
 
     def __attrs_post_init__(self) -> None:
@@ -216,6 +224,12 @@ class Config:
             raise ConfigError("--renderer: bithuman needs --model and --api-secret (or BITHUMAN_MODEL_PATH and BITHUMAN_API_SECRET)")
         if self.model is not None and not self.model.endswith(".imx"):
             raise ConfigError(f"--model: {self.model} is not a bitHuman .imx model")
+        for url in self.ice_server:
+            if not ICE_URL_RE.fullmatch(url):
+                raise ConfigError(f"--ice-server: {url[:80]!r} is not stun:HOST[:PORT] or turn[s]:HOST[:PORT][?transport=udp|tcp]")
+            if url.startswith("turn") and not (self.turn_username and self.turn_password):
+                raise ConfigError(f"--ice-server: {url} needs --turn-username and --turn-password "
+                                  "(AVATARD_TURN_USERNAME, AVATARD_TURN_PASSWORD)")
         if self.vertex and not self.gcp_project:
             raise ConfigError("--vertex: needs --gcp-project (or GOOGLE_CLOUD_PROJECT)")
         if self.brain == "gemini" and not (self.gemini_api_key or self.vertex):

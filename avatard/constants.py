@@ -41,3 +41,6 @@ MAX_IMAGE_SIDE = 768
 MAX_IMAGE_BYTES = 512 * 1024
 # The gesture played with a --greet greeting (the built-in avatar has it; a bitHuman model may not).
 GREET_GESTURE = "mini_wave_hello"
+
+# Video codecs for WebRTC viewers (avatard.media.encoder encodes once for all of them; --webrtc-codec).
+VIDEO_CODECS = ("vp8", "h264")

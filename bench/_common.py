@@ -74,7 +74,8 @@ class Daemon:
         self.pid = proc.pid
 
     @classmethod
-    def start(cls, *args: str) -> "Daemon":
+    def start(cls, *args: str, preexec_fn=None) -> "Daemon":
+        """``preexec_fn``: e.g. entering a network namespace (bench/webrtc.py)."""
         workdir = Path(tempfile.mkdtemp(prefix="avb-", dir="/tmp"))  # short: Unix socket paths max 108 bytes
         socket_path = str(workdir / "ctl.sock")
         notify_path = str(workdir / "notify.sock")
@@ -85,7 +86,8 @@ class Daemon:
             t0 = time.perf_counter()
             proc = subprocess.Popen([sys.executable, "-m", "avatard", "--control-socket", socket_path, *args],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                    env=daemon_env(notify_path), cwd=workdir)  # cwd: no stray ./.env
+                                    env=daemon_env(notify_path), cwd=workdir,  # cwd: no stray ./.env
+                                    preexec_fn=preexec_fn)
         finally:
             log.close()
         daemon = cls(proc, workdir, socket_path, float("nan"))

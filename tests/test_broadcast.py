@@ -106,10 +106,10 @@ async def paced_frames(send: trio.MemorySendChannel) -> None:
 async def start_encoder(nursery: trio.Nursery, codec: str = "vp8") -> MediaEncoder:
     fanout = FanOut(lambda: 0)
     send, receive = trio.open_memory_channel(2)
-    encoder = MediaEncoder(fanout, FPS, codec=codec)
+    encoder = MediaEncoder(fanout, codec=codec)
     nursery.start_soon(fanout.run, receive)
     nursery.start_soon(paced_frames, send)
-    await nursery.start(encoder.run)
+    await nursery.start(encoder.run, FPS)
     return encoder
 
 
@@ -224,3 +224,14 @@ def test_help_names_the_janus_flags_and_never_the_key(tmp):
                  "AVATARD_JANUS_ADMIN_KEY"):
         assert flag in help_text
     assert ADMIN_KEY not in help_text and "97531" not in help_text
+
+
+@pytest.mark.parametrize("webrtc, janus_codec, expected", [("vp8", "vp8", ["vp8"]), ("vp8", "h264", ["vp8", "h264"])])
+def test_one_encoder_per_codec_shared_by_webrtc_and_the_broadcast(webrtc, janus_codec, expected):
+    from avatard.app import make_broadcast, make_encoders
+    from avatard.config import Config
+    config = Config(server=True, host="127.0.0.1", webrtc_codec=webrtc, janus=("http://198.18.1.1:8088/janus",),
+                    janus_video_codec=janus_codec, janus_admin_key=ADMIN_KEY)
+    encoders = make_encoders(config, FanOut(lambda: 0))
+    assert list(encoders) == expected
+    assert make_broadcast(config, encoders).encoder is encoders[janus_codec]

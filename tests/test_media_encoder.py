@@ -45,12 +45,12 @@ class Rig:
         self.generation = Generation()
         self.fanout = FanOut(self.generation)
         self.send, receive = trio.open_memory_channel(2)
-        self.encoder = MediaEncoder(self.fanout, FPS, **kwargs)
+        self.encoder = MediaEncoder(self.fanout, **kwargs)
         nursery.start_soon(self.fanout.run, receive)
         self.index = 0
 
     async def start(self, nursery: trio.Nursery) -> None:
-        await nursery.start(self.encoder.run)
+        await nursery.start(self.encoder.run, FPS)
 
     async def push(self) -> Frame:
         frame = make_frame(self.index, self.generation.value)
@@ -73,7 +73,7 @@ async def test_every_subscriber_gets_the_same_packets_keyframe_first_and_a_decod
     rig = Rig(nursery)
     await rig.start(nursery)
     with rig.encoder.subscribe("a", VIDEO) as a, rig.encoder.subscribe("b", VIDEO) as b, \
-            rig.encoder.subscribe("c", AUDIO) as c:
+            rig.encoder.subscribe("c", AUDIO, buffer=32) as c:  # read after all 10 frames
         video_a, video_b, audio = [], [], []
         for _ in range(10):
             await rig.push()

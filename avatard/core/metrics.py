@@ -56,6 +56,16 @@ def _janus(servers: list[dict]):
         yield family
 
 
+# status()["client_list"][i]["webrtc"] key -> (metric name, help), and the factor to base units.
+VIEWER_GAUGES = (
+    ("bitrate_kbps", "avatard_viewer_bitrate_bps", "Bits per second sent to a WebRTC viewer (audio + video)."),
+    ("rtt_ms", "avatard_viewer_rtt_seconds", "Round-trip time to a WebRTC viewer (RTCP receiver reports)."),
+    ("packets_lost", "avatard_viewer_packets_lost", "RTP packets a WebRTC viewer reported lost."),
+    ("fraction_lost", "avatard_viewer_fraction_lost", "Fraction of packets lost in a WebRTC viewer's last report."),
+)
+VIEWER_SCALE = {"bitrate_kbps": 1000, "rtt_ms": 0.001}
+
+
 class StatusCollector:
     def __init__(self, status) -> None:
         self._status = status
@@ -71,6 +81,17 @@ class StatusCollector:
         for client in status["client_list"]:
             depth.add_metric([client["id"]], client["queued"])
         yield depth
+        # Each WebRTC viewer (a WebSocket client whose media go over its peer), from aiortc's getStats.
+        viewers = {key: GaugeMetricFamily(name, doc, labels=["client", "transport"]) for key, name, doc in VIEWER_GAUGES}
+        for client in status["client_list"]:
+            rtc = client.get("webrtc")
+            if rtc is None:
+                continue
+            for key, family in viewers.items():
+                value = rtc.get(key)
+                if value is not None:
+                    family.add_metric([client["id"], client["transport"]], value * VIEWER_SCALE.get(key, 1))
+        yield from viewers.values()
         yield GaugeMetricFamily("avatard_camera_to_model", "1 while camera frames are being sent to the model.",
                                 value=int(status.get("camera_to_model", False)))
         presence = status.get("presence")

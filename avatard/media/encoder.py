@@ -5,8 +5,8 @@ of 16 kHz mono audio. :class:`MediaEncoder` is a fan-out sink that turns them in
 hands the same :class:`EncodedPacket` objects to any number of subscribers (WebRTC peers, a Janus
 publisher, ...), each through its own bounded channel::
 
-    encoder = MediaEncoder(fanout)                     # built before the hub, like every sink
-    nursery.start_soon(encoder.run)                    # takes frames from the fan-out for ever
+    encoder = MediaEncoder(fanout)                     # built before the hub (a sink: its flush() is an interrupt hook)
+    await nursery.start(encoder.run, renderer.fps)     # once the renderer has started (bitHuman: the model's fps)
     with encoder.subscribe("peer_3-video", VIDEO) as packets:
         async for packet in packets:                   # EncodedPacket, in order, keyframe first
             send(packet.to_av_packet())                # or packet.data, packet.pts, packet.time_base
@@ -64,7 +64,7 @@ import numpy as np
 import trio
 from av.video.frame import PictureType
 
-from ..constants import RATE
+from ..constants import RATE, VIDEO_CODECS
 from ..core.audio import StreamResampler
 from ..core.fanout import SinkFrames
 from ..errors import ConfigError
@@ -73,9 +73,7 @@ logger = logging.getLogger("avatard.media")
 
 VIDEO = "video"
 AUDIO = "audio"
-VP8 = "vp8"
-H264 = "h264"
-VIDEO_CODECS = (VP8, H264)
+VP8, H264 = VIDEO_CODECS
 OPUS = "opus"
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)  # the RTP clock of every video codec (RFC 3551)
@@ -200,10 +198,10 @@ class Subscription:
 class _VideoCodec:
     """libvpx or libx264 behind one call; used by one worker thread at a time."""
 
-    def __init__(self, codec: str, bitrate: int, fps: int) -> None:
+    def __init__(self, codec: str, bitrate: int) -> None:
         self.codec = codec
         self._bitrate = bitrate
-        self._fps = fps
+        self.fps = 25  # set by MediaEncoder.run(); x264's rate control needs it
         self._context: av.VideoCodecContext | None = None
 
     def _open(self, width: int, height: int) -> av.VideoCodecContext:
@@ -211,7 +209,7 @@ class _VideoCodec:
         context = av.CodecContext.create(name, "w")
         context.width, context.height, context.pix_fmt = width, height, "yuv420p"
         context.time_base = VIDEO_TIME_BASE
-        context.framerate = fractions.Fraction(self._fps, 1)
+        context.framerate = fractions.Fraction(self.fps, 1)
         context.bit_rate = self._bitrate
         context.gop_size = NEVER
         context.thread_count = 1
@@ -271,13 +269,13 @@ class MediaEncoder:
 
     name = "media-encoder"
 
-    def __init__(self, fanout, fps: int, *, codec: str = VP8, video_bitrate: int = VIDEO_BITRATE,
+    def __init__(self, fanout, *, codec: str = VP8, video_bitrate: int = VIDEO_BITRATE,
                  audio_bitrate: int = AUDIO_BITRATE) -> None:
         if codec not in VIDEO_CODECS:
             raise ConfigError(f"video codec {codec!r} is not one of {', '.join(VIDEO_CODECS)}")
         self.fanout = fanout
         self.codec = codec
-        self._video = _VideoCodec(codec, video_bitrate, fps)
+        self._video = _VideoCodec(codec, video_bitrate)
         self._audio = _OpusCodec(audio_bitrate)
         self._subscriptions: dict[str, list[Subscription]] = {VIDEO: [], AUDIO: []}
         self._keyframe_wanted = threading.Event()
@@ -334,8 +332,9 @@ class MediaEncoder:
 
     # -- encoding ---------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        """Take frames from the fan-out (two sinks, audio and video) until cancelled."""
+    async def run(self, fps: int, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Take frames from the fan-out (two sinks, audio and video) until cancelled; ``fps`` is the renderer's."""
+        self._video.fps = fps
         with self.fanout.sink("media-video", ENCODER_SINK_BUFFER) as video, \
                 self.fanout.sink("media-audio", ENCODER_SINK_BUFFER) as audio:
             async with trio.open_nursery() as nursery:

@@ -32,7 +32,6 @@ import attrs
 from ..errors import JanusError
 
 STREAMING_PLUGIN = "janus.plugin.streaming"
-VIDEO_CODECS = ("vp8", "h264")
 AUDIO_MID, VIDEO_MID = "a", "v"
 # Payload types: 111 for Opus and 96 for VP8 are what Janus's own samples and Chromium use; 126 for H.264
 # (packetization-mode=1) is Janus's streaming sample's choice. Janus rewrites them per viewer anyway.

@@ -10,7 +10,8 @@ The video frame and the audio chunk of one renderer tick carry the same timestam
 
 Client messages are JSON text (``audio_input``, ``text_input``, ``control``, and avatard's ``camera_frame``:
 ``{"type": "camera_frame", "data": {"jpeg": BASE64}}``, one JPEG of at most MAX_IMAGE_SIDE px and MAX_IMAGE_BYTES,
-at most MAX_CAMERA_FPS a second) or binary (raw PCM16 16 kHz mono). Anything else raises :class:`ProtocolError` with a code for the ``error`` reply.
+at most MAX_CAMERA_FPS a second; and WebRTC signaling: ``webrtc_offer`` with the browser's complete SDP offer,
+answered by ``webrtc_answer``, and ``webrtc_close``) or binary (raw PCM16 16 kHz mono). Anything else raises :class:`ProtocolError` with a code for the ``error`` reply.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ assert VIDEO_HEADER.size == 21 and AUDIO_HEADER.size == 18
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 MAX_CHANNELS = 2
+# A browser's offer for one audio and one video m-line is 4-8 KB (Chromium lists ~15 video payload types with
+# their rtx and fmtp lines, plus its host candidates); 64 KiB leaves room for many interfaces and nothing more.
+MAX_SDP_CHARS = 64 * 1024
 
 
 # -- server -> client ---------------------------------------------------------------------------
@@ -127,13 +131,25 @@ class Subscribe:
     audio: bool | None
 
 
+@attrs.frozen
+class WebrtcOffer:
+    """The browser's SDP offer, ICE candidates included (no trickle), for this connection's one peer."""
+
+    sdp: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class WebrtcClose:
+    """The browser gave up on its peer (it falls back to the binary stream)."""
+
+
 def parse_client_binary(data: bytes) -> AudioInput:
     if len(data) % 2:
         raise ProtocolError("bad_audio", f"binary audio must be whole 16-bit samples; got {len(data)} bytes")
     return AudioInput(bytes(data), RATE, 1)
 
 
-def parse_client_text(text: str) -> AudioInput | TextInput | Interrupt | Gesture | Subscribe:
+def parse_client_text(text: str) -> AudioInput | TextInput | Interrupt | Gesture | Subscribe | WebrtcOffer | WebrtcClose:
     msg = json_object(text, "message", "bad_message")
     kind = msg.get("type")
     if kind == "audio_input":
@@ -150,9 +166,13 @@ def parse_client_text(text: str) -> AudioInput | TextInput | Interrupt | Gesture
         return _control(_object(msg, "data"))
     if kind == "camera_frame":
         return _camera_frame(_object(msg, "data"))
+    if kind == "webrtc_offer":
+        return _webrtc_offer(_object(msg, "data"))
+    if kind == "webrtc_close":
+        return WebrtcClose()
     if isinstance(kind, str):
         raise ProtocolError("unknown_type", f"unknown message type {quote(kind)}; known: audio_input, text_input, control, "
-                                            f"camera_frame")
+                                            f"camera_frame, webrtc_offer, webrtc_close")
     raise ProtocolError("bad_message", 'message needs a string "type"')
 
 
@@ -201,6 +221,15 @@ def _camera_frame(data: dict) -> CameraInput:
     if not jpeg.startswith(JPEG_MAGIC):
         raise ProtocolError("bad_image", "camera_frame data.jpeg is not a JPEG")
     return CameraInput(jpeg)
+
+
+def _webrtc_offer(data: dict) -> WebrtcOffer:
+    sdp = data.get("sdp")
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise ProtocolError("bad_offer", "webrtc_offer needs an SDP offer (starting with v=0) in a string data.sdp")
+    if len(sdp) > MAX_SDP_CHARS:
+        raise ProtocolError("bad_offer", f"data.sdp is {len(sdp)} characters; the limit is {MAX_SDP_CHARS}")
+    return WebrtcOffer(sdp)
 
 
 def _control(data: dict) -> Interrupt | Gesture | Subscribe:

@@ -45,6 +45,7 @@ from ..protocol import media as wire
 from .access import TALK, Access
 from .guard import Connection, Guard
 from .http_front import ReplayStream, handshake_problem, read_head, respond, respond_json, static_file
+from .webrtc import UNAVAILABLE, WebRtc
 
 logger = logging.getLogger("avatard.ws")
 
@@ -108,6 +109,7 @@ class Client:
         self._replies_taken = trio.Event()  # set when the JSON backlog falls below REPLY_BACKLOG
         self._resampler: StreamResampler | None = None  # for the rate this client sends at
         self.too_slow: str | None = None  # why it was disconnected for being too slow
+        self.peer = None  # its WebRTC viewer (avatard.server.webrtc.Peer), if it asked for one
         self._sending_since: float | None = None  # when the send in progress started
         self.video_dropped = 0
         self.frames_sent = 0
@@ -199,9 +201,23 @@ class Client:
                 self._disconnect_slow(f"did not answer a ping within {PONG_TIMEOUT:g} s")
                 return
 
+    @property
+    def transport(self) -> str:
+        """How this client gets its media now: ``webrtc`` once its peer is connected, else ``websocket``."""
+        return "webrtc" if self.peer is not None and self.peer.state == "connected" else "websocket"
+
+    def end_peer(self) -> None:
+        if self.peer is not None:
+            self.peer.scope.cancel()
+            self.peer = None
+
     def info(self) -> dict:
-        return {"remote": self.remote, "role": self.role, "frames_sent": self.frames_sent, "video_dropped": self.video_dropped,
-                "queued": len(self._media) + len(self._video), "bytes_sent": self.bytes_sent}
+        info = {"remote": self.remote, "role": self.role, "transport": self.transport, "frames_sent": self.frames_sent,
+                "video_dropped": self.video_dropped, "queued": len(self._media) + len(self._video),
+                "bytes_sent": self.bytes_sent}
+        if self.peer is not None:
+            info["webrtc"] = self.peer.info()
+        return info
 
 
 class WsServer:
@@ -210,9 +226,12 @@ class WsServer:
 
     name = "websocket"
 
-    def __init__(self, config, fanout, registry) -> None:
+    def __init__(self, config, fanout, registry, encoder=None) -> None:
         self.config = config
         self.fanout = fanout
+        # WebRTC viewers get the encode-once media of ``encoder`` (avatard.media.encoder); without one, offers
+        # are answered webrtc_unavailable.
+        self.webrtc = WebRtc(config, encoder) if encoder is not None else None
         self.registry = registry  # behind GET /metrics
         self.access = Access.from_config(config)
         self.guard = Guard(max_pending=MAX_PENDING, max_per_address=config.max_clients_per_ip)
@@ -238,7 +257,8 @@ class WsServer:
         return {"clients": len(self.clients), "client_list": [dict(id=c.id, **c.info()) for c in self.clients.values()],
                 "bytes_sent": self.bytes_sent, "video_dropped": self.video_dropped, "refused": self.refused,
                 "pending_connections": self.guard.pending, "pending_evicted": self.guard.evicted,
-                "accept_failures": self.accept_failures, "server": f"http://{self.config.host}:{self.port}/"}
+                "accept_failures": self.accept_failures, "server": f"http://{self.config.host}:{self.port}/",
+                "webrtc": self.webrtc.status() if self.webrtc is not None else {"available": False}}
 
     def flush(self) -> None:
         """Interrupt hook: every client's queued audio goes before the ``interrupted`` status is queued."""
@@ -252,6 +272,8 @@ class WsServer:
         except OSError as exc:
             raise ConfigError(f"--port: cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}") from None
         async with trio.open_nursery() as nursery:
+            if self.webrtc is not None:
+                await nursery.start(self.webrtc.run)
             nursery.start_soon(self._audio_pump)
             nursery.start_soon(self._video_encoder)
             nursery.start_soon(self._event_pump)
@@ -446,7 +468,7 @@ class WsServer:
             with client.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_until_done, client.sender, nursery.cancel_scope)
-                    nursery.start_soon(_until_done, functools.partial(self._reader, client), nursery.cancel_scope)
+                    nursery.start_soon(_until_done, functools.partial(self._reader, client, nursery), nursery.cancel_scope)
                     nursery.start_soon(_until_done, client.keepalive, nursery.cancel_scope)
         finally:
             del self.clients[client.id]
@@ -464,26 +486,34 @@ class WsServer:
                                     too_slow=client.too_slow is not None)
             logger.info("%s disconnected (%d frames sent, %d dropped)", client.id, client.frames_sent, client.video_dropped)
 
-    async def _reader(self, client: Client) -> None:
+    async def _reader(self, client: Client, nursery: trio.Nursery) -> None:
         while True:
             await client.replies_taken()
             message = await client.ws.get_message()
             try:
-                await self._dispatch(client, message)
+                await self._dispatch(client, message, nursery)
             except ProtocolError as exc:
                 client.push_json(wire.json_message("error", code=exc.code, message=exc.message))
             except Refused as exc:
                 client.push_json(wire.json_message("error", code=exc.code, message=str(exc)))
 
-    async def _dispatch(self, client: Client, message: str | bytes) -> None:
+    async def _dispatch(self, client: Client, message: str | bytes, nursery: trio.Nursery) -> None:
+        """One client message. ``nursery`` is the client's: a WebRTC peer lives there, and ends with it."""
         msg = wire.parse_client_binary(message) if isinstance(message, bytes) else wire.parse_client_text(message)
-        if client.role != TALK and not isinstance(msg, wire.Subscribe):
+        if client.role != TALK and not isinstance(msg, (wire.Subscribe, wire.WebrtcOffer, wire.WebrtcClose)):
             raise ProtocolError("forbidden", "this client may only watch; talking needs the token")
         if isinstance(msg, wire.AudioInput):
-            samples = downmix(pcm16_to_array(msg.pcm, msg.channels))
-            samples = client.resampler(msg.sample_rate).process(samples)
-            if len(samples):
-                await self.hub.user_audio(samples, client.id)
+            await self._user_audio(client, pcm16_to_array(msg.pcm, msg.channels), msg.sample_rate)
+        elif isinstance(msg, wire.WebrtcOffer):
+            if self.webrtc is None or not self.webrtc.available:
+                raise ProtocolError("webrtc_unavailable", UNAVAILABLE or "WebRTC is off on this server")
+            client.end_peer()  # one peer per connection: a new offer replaces it
+            client.peer, answer = await nursery.start(
+                self.webrtc.run_peer, client.id, msg.sdp, client.role == TALK,
+                functools.partial(self._webrtc_audio, client), functools.partial(self._webrtc_ended, client))
+            client.push_json(wire.json_message("webrtc_answer", sdp=answer))
+        elif isinstance(msg, wire.WebrtcClose):
+            client.end_peer()
         elif isinstance(msg, wire.TextInput):
             self.hub.user_text(msg.text, client.id)
         elif isinstance(msg, wire.CameraInput):
@@ -499,6 +529,21 @@ class WsServer:
                 client.want_audio = msg.audio
             client.push_json(wire.json_message("status", status="subscribed", video=client.want_video,
                                                audio=client.want_audio, timestamp=time.time()))
+
+
+    async def _user_audio(self, client: Client, samples, rate: int) -> None:
+        """A client's microphone, from the WebSocket (binary or audio_input) or WebRTC: int16 samples, mono or
+        (frames, channels), at ``rate``; to 16 kHz mono with the client's resampler, then to the brain."""
+        samples = client.resampler(rate).process(downmix(samples))
+        if len(samples):
+            await self.hub.user_audio(samples, client.id)
+
+    async def _webrtc_audio(self, client: Client, samples, rate: int, channels: int) -> None:
+        await self._user_audio(client, samples.reshape(-1, channels) if channels > 1 else samples, rate)
+
+    def _webrtc_ended(self, client: Client, state: str) -> None:
+        """The peer failed or closed by itself: the page falls back to the binary stream."""
+        client.push_json(wire.json_message("webrtc_state", state=state, timestamp=time.time()))
 
 
 def peer_went_away(exc: BaseException) -> bool:

@@ -10,8 +10,14 @@
  * Pieces, top to bottom: wire format (pure functions), state exposed on
  * window.avatard, UI helpers (toasts, transcript), audio playback (worklet ring
  * buffer), video (decode + draw in step with the sound), microphone, the
- * connection with its reconnect policy, and the wiring.
+ * connection with its reconnect policy, WebRTC media, and the wiring.
+ *
+ * With WebRTC (webrtc.js; the default beyond loopback) the media leave the
+ * WebSocket: the avatar plays in a <video> element from an RTCPeerConnection
+ * and the microphone goes out as Opus; everything else stays as above.
  */
+
+import { chooseTransport, RtcMedia } from './webrtc.js';
 
 // ---------------------------------------------------------------- constants
 
@@ -163,6 +169,13 @@ const state = {
   // text
   transcript: [],             // [{role, text, is_final, timestamp, cut?}]
   protocolErrors: 0,
+  // media transport
+  transport: 'ws',            // where the media come from now: 'ws' (binary stream) or 'webrtc'
+  transportChoice: null,      // {transport, forced, reason} of chooseTransport()
+  rtc: null,                  // the RtcMedia while one is tried or up (rtc.pc for getStats)
+  rtcState: null,             // 'negotiating' | 'up' | 'down: <reason>'
+  firstFrameMs: null,         // performance.now() (ms since navigation) when the first frame was shown
+  rtcFirstFrameMs: null,      // ... and the first WebRTC frame
 };
 window.avatard = state;
 
@@ -175,6 +188,7 @@ const ui = {
   fps: $('fps'),
   stage: $('stage'),
   canvas: $('video'),
+  rtcVideo: $('rtc-video'),
   placeholder: $('placeholder'),
   activity: $('activity'),
   gestureBadge: $('gesture-badge'),
@@ -448,10 +462,12 @@ const player = window.isSecureContext && window.AudioWorkletNode ? new WorkletPl
 function updateSoundOverlay() {
   const ctx = player.ctx;
   state.audioContextState = ctx ? ctx.state : null;
-  ui.soundOverlay.hidden = !(ctx && ctx.state === 'suspended' && ui.subAudio.checked);
+  const rtcBlocked = state.transport === 'webrtc' && ui.rtcVideo.paused;   // autoplay with sound refused
+  ui.soundOverlay.hidden = !(((ctx && ctx.state === 'suspended') || rtcBlocked) && ui.subAudio.checked);
 }
 
 function resumeAudio() {
+  if (state.transport === 'webrtc' && ui.rtcVideo.paused) ui.rtcVideo.play().catch(() => {});
   if (player.ctx && player.ctx.state === 'suspended') {
     player.ctx.resume().catch((err) => console.warn('avatard: resume failed', err));
   }
@@ -537,8 +553,23 @@ class FrameView {
     }
     this.g.drawImage(bitmap, 0, 0);
     bitmap.close();
+    state.firstFrameMs ??= performance.now();
     state.framesDrawn++;
     this.drawTimes.push(performance.now());
+    if (!this.hasPicture) {
+      this.hasPicture = true;
+      ui.stage.classList.add('has-picture');
+    }
+  }
+
+  /** A frame shown by something else (the WebRTC <video>): counted like one of ours. */
+  shown(width, height) {
+    state.frameWidth = width;
+    state.frameHeight = height;
+    state.firstFrameMs ??= performance.now();
+    state.framesDrawn++;
+    this.drawTimes.push(performance.now());
+    if (width && height) ui.stage.style.setProperty('--ar', (width / height).toFixed(4));
     if (!this.hasPicture) {
       this.hasPicture = true;
       ui.stage.classList.add('has-picture');
@@ -608,9 +639,13 @@ class Mic {
     for (const track of this.stream.getAudioTracks()) {
       track.addEventListener('ended', () => { this.stop().then(renderMic); });
     }
+    useMicOnRtc();
   }
 
+  get track() { return this.stream?.getAudioTracks()[0] ?? null; }
+
   async stop() {
+    state.rtc?.setMic(null);
     this.node?.port.postMessage({ type: 'flush' });
     this.stream?.getTracks().forEach((t) => t.stop());
     this.stream = null;
@@ -633,6 +668,7 @@ function onMicChunk({ pcm, rms }) {
   const level = Math.min(1, Math.max(0, (db + 60) / 60));
   meterLevel = Math.max(level, meterLevel * 0.7);
   ui.meter.style.transform = `scaleX(${meterLevel.toFixed(3)})`;
+  if (state.transport === 'webrtc') return;   // the track itself goes out over WebRTC (useMicOnRtc)
   if (conn.sendBinary(pcm)) {
     state.micChunksSent++;
     state.micBytesSent += pcm.byteLength;
@@ -790,6 +826,7 @@ function onStatus(data) {
     state.clientId = data.client_id ?? null;
     conn.healthy();
     renderConnection('connected');
+    if (state.transportChoice.transport === 'webrtc') startRtc();
     return;
   }
   if (status in BRAIN) {
@@ -858,12 +895,18 @@ function onText(text) {
     case 'transcription': transcript.update(data); break;
     case 'error':
       state.lastError = { code: data.code ?? null, message: data.message ?? '' };
+      if (state.rtc && !state.rtc.up && RTC_ERRORS.has(data.code)) {   // the offer was refused: fall back
+        state.rtc.fail(`${data.code}: ${data.message ?? ''}`);
+        break;
+      }
       toast(data.message ? `${data.message}${data.code ? ` (${data.code})` : ''}` : `Error ${data.code ?? ''}`);
       break;
     case 'gesture': if (data.gesture) showGesture(String(data.gesture)); break;
     case 'gestures':
       if (Array.isArray(data.gestures) && data.gestures.length) renderGestures(data.gestures.map(String));
       break;
+    case 'webrtc_answer': if (typeof data.sdp === 'string') state.rtc?.answer(data.sdp); break;
+    case 'webrtc_state': state.rtc?.serverState(String(data.state)); break;
     default: console.debug('avatard: ignoring message', m.type);
   }
 }
@@ -924,6 +967,7 @@ const conn = new Connection(webSocketUrl(), {
     }
   },
   onClose() {
+    stopRtc();   // the peer belongs to the connection: the server has ended it too
     transcript.cutOpenLines();
     ui.activity.hidden = true;
     delete ui.stage.dataset.activity;
@@ -931,6 +975,68 @@ const conn = new Connection(webSocketUrl(), {
   onText,
   onBinary,
 });
+
+// ------------------------------------------------------------------ WebRTC
+
+// Errors that answer a webrtc_offer (docs/protocol.md): the page falls back to the binary stream.
+const RTC_ERRORS = new Set(['webrtc_unavailable', 'webrtc_failed', 'bad_offer']);
+
+function showTransport() {
+  const rtc = state.transport === 'webrtc';
+  ui.canvas.hidden = rtc;
+  ui.rtcVideo.hidden = !rtc;
+  ui.rtcVideo.muted = !ui.subAudio.checked;
+  ui.rtcVideo.style.visibility = ui.subVideo.checked ? '' : 'hidden';
+}
+
+/** Try WebRTC on a fresh connection; the binary stream carries the picture until the first WebRTC frame. */
+function startRtc() {
+  stopRtc();
+  conn.send(msg.subscribe(ui.subVideo.checked, false));   // never two voices at once
+  state.rtcState = 'negotiating';
+  const rtc = state.rtc = new RtcMedia({
+    send: (m) => conn.send(m),
+    video: ui.rtcVideo,
+    onPicture: (w, h) => frames.shown(w, h),
+    onUp() {
+      state.rtcFirstFrameMs = performance.now();
+      state.rtcState = 'up';
+      state.transport = 'webrtc';
+      conn.send(msg.subscribe(false, false));   // the WebSocket keeps only the JSON messages
+      frames.clear('', false);
+      showTransport();
+      ui.rtcVideo.play().catch(() => updateSoundOverlay());
+      useMicOnRtc();
+    },
+    onDown(reason) {
+      if (state.rtc === rtc) state.rtc = null;
+      state.rtcState = `down: ${reason}`;
+      state.transport = 'ws';
+      showTransport();
+      if (state.transportChoice.forced) {
+        toast(`WebRTC failed: ${reason}`);
+        return;
+      }
+      console.info('avatard: WebRTC unavailable (%s); using the WebSocket stream', reason);
+      conn.send(msg.subscribe(ui.subVideo.checked, ui.subAudio.checked));
+    },
+  });
+  rtc.start().catch((err) => rtc.fail(`cannot start: ${err.message || err}`));
+}
+
+function stopRtc() {
+  const rtc = state.rtc;
+  if (!rtc) return;
+  state.rtc = null;
+  rtc.close(false);
+  state.transport = 'ws';
+  showTransport();
+}
+
+/** While WebRTC carries the media, the microphone's track goes out on the peer's audio sender. */
+function useMicOnRtc() {
+  if (state.transport === 'webrtc' && mic.track) state.rtc?.setMic(mic.track);
+}
 
 // ------------------------------------------------------------------ camera
 
@@ -1005,6 +1111,7 @@ ui.composer.addEventListener('submit', (e) => {
 });
 for (const box of [ui.subVideo, ui.subAudio]) {
   box.addEventListener('change', () => {
+    if (state.transport === 'webrtc') { showTransport(); return; }
     conn.send(msg.subscribe(ui.subVideo.checked, ui.subAudio.checked));
     if (!ui.subAudio.checked) player.flush();
     if (!ui.subVideo.checked) frames.clear('Video off', false);
@@ -1028,6 +1135,8 @@ if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
   ui.talk.title = 'The microphone needs a secure context: open this page via https or localhost';
 }
 
+state.transportChoice = chooseTransport();
+showTransport();
 renderGestures(DEFAULT_GESTURES);
 transcript.clear();
 renderMic();

@@ -1,0 +1,252 @@
+"""WebRTC viewers against the real daemon, in real headless Chromium, on a private network.
+
+aioice offers no loopback candidates and Chromium hides its addresses behind mDNS names, so everything runs
+inside network namespaces this module makes (tests/netns.py): the daemon in the server namespace, each
+Chromium in a client namespace joined to it by its own veth link (198.18.i.0/24). Chromium gets
+``--disable-features=WebRtcHideLocalIpsWithMdns`` (real host candidates), a fake microphone that loops a
+phrase synthesized with espeak-ng, and, since TLS is not this module's subject, the daemon's http:// origin
+treated as secure (``--unsafely-treat-insecure-origin-as-secure``) so getUserMedia works there.
+
+What the page sees comes from ``RTCPeerConnection.getStats()`` (inbound-rtp: framesDecoded, packets, audio
+energy); what the daemon sees from ``avatarctl status`` over the control socket (a Unix socket: it does not
+care about network namespaces). Plain sync tests: Playwright runs its own event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import start_daemon
+from netns import Network
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from avatard.brains import tts
+
+CHROMIUM = "/usr/bin/chromium"
+RATE = 16000
+MIC_PHRASE = "Hello avatar, can you hear me?"
+MIC_PAUSE_S = 1.5
+WAIT_MS = 15_000
+TOKEN = "webrtc-test-token"
+PORT = 8765  # inside the server namespace: nothing else listens there
+VIEWER = Path(__file__).with_name("webrtc_viewer.py")
+
+# The page's WebRTC numbers, from getStats: video frames decoded, audio packets and energy received, the
+# microphone's packets sent.
+RTC_STATS_JS = """async () => {
+  const pc = avatard.rtc?.pc;
+  if (!pc) return null;
+  const out = { framesDecoded: 0, videoPackets: 0, audioPackets: 0, audioEnergy: 0, micPackets: 0, lost: 0 };
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') {
+      out.framesDecoded = s.framesDecoded; out.videoPackets = s.packetsReceived; out.lost += s.packetsLost;
+    } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      out.audioPackets = s.packetsReceived; out.audioEnergy = s.totalAudioEnergy; out.lost += s.packetsLost;
+    } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
+      out.micPackets = s.packetsSent;
+    }
+  });
+  out.t = performance.now();
+  return out;
+}"""
+
+
+@pytest.fixture(scope="module")
+def net():
+    with Network(clients=2, tag="wrtc") as network:
+        yield network
+
+
+@pytest.fixture(scope="module")
+def mic_wav(tmp_path_factory) -> Path:
+    voice = tts.synthesize(MIC_PHRASE)
+    path = tmp_path_factory.mktemp("mic") / "mic.wav"
+    sf.write(path, np.concatenate([voice, np.zeros(int(MIC_PAUSE_S * RATE), np.int16)]), RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def daemon(net):
+    short = Path(tempfile.mkdtemp(prefix="avw-", dir="/tmp"))  # Unix socket paths are limited to 108 bytes
+    daemon = start_daemon(short, "--server", "--host", "0.0.0.0", "--port", str(PORT), "--token", TOKEN,
+                          "--max-clients", "4", preexec_fn=net.server.enter)
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_playwright() as p:
+        yield p
+
+
+def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path) -> Browser:
+    """Chromium inside client namespace ``index``."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: the WebRTC tests need Debian's chromium", pytrace=False)
+    client = net.clients[index]
+    home = tmp / f"home{index}"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
+    return playwright.chromium.launch(executable_path=client.wrap(CHROMIUM, tmp), env=env, args=[
+        "--no-sandbox",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic_wav}",
+        f"--unsafely-treat-insecure-origin-as-secure=http://{client.server_address}:{PORT}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+    ])
+
+
+@pytest.fixture(scope="module")
+def browsers(playwright, net, mic_wav, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chromium")
+    launched = [launch(playwright, net, i, mic_wav, tmp) for i in range(len(net.clients))]
+    yield launched
+    for browser in launched:
+        browser.close()
+
+
+@contextlib.contextmanager
+def open_page(browser: Browser, net: Network, index: int, query: str = ""):
+    context = browser.new_context()
+    page = context.new_page()
+    failures: list[str] = []
+    page.on("pageerror", lambda exc: failures.append(f"uncaught: {exc}"))
+    page.on("console", lambda m: failures.append(f"console.error: {m.text}") if m.type == "error" else None)
+    page.goto(f"http://{net.clients[index].server_address}:{PORT}/?token={TOKEN}{query}")
+    page.wait_for_function("avatard.connection === 'connected' && avatard.framesDrawn > 0", timeout=WAIT_MS)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not failures, failures
+
+
+def wait(page: Page, expression: str, arg=None, timeout: float = WAIT_MS):
+    return page.wait_for_function(expression, arg=arg, timeout=timeout).json_value()
+
+
+def rtc_stats(page: Page) -> dict:
+    return page.evaluate(RTC_STATS_JS)
+
+
+def decoding(page: Page, seconds: float = 2.0) -> dict:
+    """Frames decoded and audio packets received per second, over ``seconds``, measured in the page."""
+    return page.evaluate("""async ([statsJs, seconds]) => {
+      const stats = eval(statsJs);
+      const a = await stats();
+      await new Promise((r) => setTimeout(r, seconds * 1000));
+      const b = await stats();
+      const s = (b.t - a.t) / 1000;
+      return { fps: (b.framesDecoded - a.framesDecoded) / s, audio_pps: (b.audioPackets - a.audioPackets) / s,
+               lost: b.lost };
+    }""", [RTC_STATS_JS, seconds])
+
+
+def client_status(daemon, client_id: str) -> dict:
+    return next(c for c in daemon.status()["client_list"] if c["id"] == client_id)
+
+
+def test_the_page_picks_webrtc_decodes_25_fps_plays_audio_and_the_microphone_reaches_the_brain(daemon, net, browsers):
+    with open_page(browsers[0], net, 0) as page:
+        wait(page, "avatard.transport === 'webrtc'")
+        assert page.evaluate("avatard.transportChoice.reason") == "default"
+        rate = decoding(page)
+        assert 20 <= rate["fps"] <= 30, rate  # the renderer's 25 fps, decoded by Chromium
+        assert 40 <= rate["audio_pps"] <= 60, rate  # 20 ms Opus packets: 50 a second
+        assert page.evaluate("document.getElementById('rtc-video').paused") is False
+        client_id = page.evaluate("avatard.clientId")
+        wait_status = time.monotonic() + 10
+        while client_status(daemon, client_id).get("webrtc", {}).get("state") != "connected":
+            assert time.monotonic() < wait_status, client_status(daemon, client_id)
+            time.sleep(0.2)
+        seen = client_status(daemon, client_id)
+        assert seen["transport"] == "webrtc" and seen["frames_sent"] < 30  # the binary stream stopped
+
+        energy_before = rtc_stats(page)["audioEnergy"]
+        page.click("#talk")
+        wait(page, "avatard.micActive")
+        user = page.locator("#transcript .msg.user p").first
+        expect(user).to_have_text(re.compile(r"^\[\d+\.\d s of speech\]$"), timeout=WAIT_MS)
+        expect(page.locator("#transcript .msg.assistant p").first).to_have_text(
+            re.compile(r"^\[echo of \d+\.\d s\]$"), timeout=WAIT_MS)
+        # The echo is heard over WebRTC: the received audio's energy grows well beyond idle silence's.
+        wait(page, f"(async () => ((await ({RTC_STATS_JS})())?.audioEnergy ?? 0) > {energy_before} + 0.01)()")
+        mic = page.evaluate("({ chunks: avatard.micChunksSent })")
+        assert mic["chunks"] == 0, "the microphone went over WebRTC, not as binary WebSocket audio"
+        assert rtc_stats(page)["micPackets"] > 25
+        page.click("#talk")
+        wait(page, "!avatard.micActive")
+        stats = client_status(daemon, client_id)["webrtc"]
+        assert stats["bitrate_kbps"] > 0 and stats["rtt_ms"] is not None, stats
+    fetch = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(urllib.request.Request("
+             f"'http://{net.clients[0].server_address}:{PORT}/metrics', headers={{'Authorization': 'Bearer {TOKEN}'}}))"
+             ".read().decode())")
+    metrics = subprocess.run([sys.executable, "-c", fetch], capture_output=True, text=True,
+                             preexec_fn=net.clients[0].enter).stdout
+    assert "avatard_viewer_bitrate_bps" in metrics
+
+
+def test_transport_ws_forces_the_binary_stream(daemon, net, browsers):
+    with open_page(browsers[0], net, 0, "&transport=ws") as page:
+        wait(page, "avatard.framesDrawn > 25 && avatard.audioChunksReceived > 25")
+        assert page.evaluate("[avatard.transport, avatard.rtc, avatard.transportChoice.forced]") == ["ws", None, True]
+        assert client_status(daemon, page.evaluate("avatard.clientId"))["transport"] == "websocket"
+
+
+def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_others(daemon, net, browsers):
+    with open_page(browsers[0], net, 0) as a, open_page(browsers[0], net, 0, "&transport=ws") as ws_page, \
+            open_page(browsers[1], net, 1) as b:
+        for page in (a, b):
+            wait(page, "avatard.transport === 'webrtc'")
+        ids = [page.evaluate("avatard.clientId") for page in (a, ws_page, b)]
+        # --max-clients 4: an aiortc viewer is the fourth, a fifth connection is refused (WebRTC viewers count).
+        viewer = subprocess.Popen(net.clients[0].prefix() + [sys.executable, str(VIEWER),
+                                  f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "6"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 15
+        while daemon.status()["clients"] < 4:
+            assert time.monotonic() < deadline and viewer.poll() is None, viewer.communicate()
+            time.sleep(0.1)
+        refused = subprocess.run(net.clients[0].prefix() + [sys.executable, str(VIEWER),
+                                 f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "1"],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0 and "1013" in refused.stderr, refused.stderr[-500:]
+        out, err = viewer.communicate(timeout=30)
+        (result,) = json.loads(out)
+        assert result["video_frames"] > 50 and result["audio_samples"] > 0, err[-500:]
+
+        net.clients[1].down()  # b's network is gone: its UDP goes nowhere, its WebSocket stalls
+        control = daemon.control(timeout=30)
+        try:
+            assert control.request("subscribe", events=["client"])["ok"]
+            control.events_until(lambda e: e.get("event") == "client" and e.get("action") == "left"
+                                 and e.get("client_id") == ids[2], timeout=30)
+        finally:
+            control.close()
+        # The others never noticed: still 25 fps, nothing lost, the WebSocket viewer still fed.
+        rate = decoding(a)
+        assert 20 <= rate["fps"] <= 30 and rate["lost"] == 0, rate
+        drawn = ws_page.evaluate("avatard.framesDrawn")
+        wait(ws_page, "(n) => avatard.framesDrawn > n + 25", drawn)
+        left = {c["id"]: c for c in daemon.status()["client_list"]}
+        assert ids[2] not in left and left[ids[0]]["transport"] == "webrtc", left
+        net.clients[1].up()

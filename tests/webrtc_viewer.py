@@ -1,0 +1,125 @@
+"""A WebRTC viewer without a browser: aiortc receives the daemon's media the way the page does.
+
+It connects to the daemon's WebSocket, sends ``webrtc_offer`` (receive-only audio and video), sets the
+``webrtc_answer`` and then decodes what arrives, counting frames, audio samples and the frame age (the render
+time of a frame, recovered from its RTP timestamp and the first frame's, against the wall clock: daemon and
+viewer share one clock on this machine). The WebRTC tests and ``bench/webrtc.py`` use it as the "many viewers"
+side; it must run inside a client namespace of ``tests/netns.py`` (aioice offers no loopback candidates).
+
+Run as a script it prints one JSON line of results::
+
+    ip netns exec NS python tests/webrtc_viewer.py ws://198.18.1.1:8765/ws --seconds 10 --viewers 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import websockets
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+
+class Viewer:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.video_frames = 0
+        self.audio_samples = 0
+        self.audio_peak = 0
+        self.first_frame_s: float | None = None  # from the offer to the first decoded frame
+        self.frame_ages: list[float] = []
+        self.messages: list[dict] = []
+        self.client_id: str | None = None
+        self._started = 0.0
+        self._tasks: list[asyncio.Task] = []
+
+    async def run(self, seconds: float) -> dict:
+        async with websockets.connect(self.url, max_size=None) as ws:
+            reader = asyncio.ensure_future(self._read(ws))
+            self.pc.addTransceiver("video", direction="recvonly")
+            self.pc.addTransceiver("audio", direction="recvonly")
+            self.pc.on("track", self._on_track)
+            self._started = time.monotonic()
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            await ws.send(json.dumps({"type": "webrtc_offer", "data": {"sdp": self.pc.localDescription.sdp}}))
+            answer = await self._wait_for("webrtc_answer", 15)
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            await asyncio.sleep(seconds)
+            stats = await self._stats()
+            for task in self._tasks + [reader]:
+                task.cancel()
+            await self.pc.close()
+            return stats
+
+    async def _read(self, ws) -> None:
+        async for message in ws:
+            if isinstance(message, str):
+                m = json.loads(message)
+                self.messages.append(m)
+                if m["type"] == "status" and m["data"].get("status") == "connected":
+                    self.client_id = m["data"]["client_id"]
+
+    async def _wait_for(self, kind: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if m["type"] == kind:
+                    return m["data"]
+                if m["type"] == "error":
+                    raise RuntimeError(f"daemon refused the offer: {m['data']}")
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"no {kind} within {timeout} s")
+
+    def _on_track(self, track) -> None:
+        self._tasks.append(asyncio.ensure_future(self._consume(track)))
+
+    async def _consume(self, track) -> None:
+        first_pts = first_wall = None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if track.kind == "video":
+                now = time.time()
+                self.video_frames += 1
+                if self.first_frame_s is None:
+                    self.first_frame_s = time.monotonic() - self._started
+                if first_pts is None:
+                    first_pts, first_wall = frame.pts, now
+                else:  # how much later than the first frame this one arrived, beyond its own spacing
+                    self.frame_ages.append(now - first_wall - float((frame.pts - first_pts) * frame.time_base))
+            else:
+                samples = frame.to_ndarray()
+                self.audio_samples += frame.samples
+                self.audio_peak = max(self.audio_peak, int(abs(samples).max()) if samples.size else 0)
+
+    async def _stats(self) -> dict:
+        received = {}
+        for stat in (await self.pc.getStats()).values():
+            if stat.type == "inbound-rtp":
+                received[stat.kind] = {"packets": stat.packetsReceived, "bytes": getattr(stat, "bytesReceived", 0),
+                                       "lost": stat.packetsLost}
+        return {"client_id": self.client_id, "video_frames": self.video_frames, "audio_samples": self.audio_samples,
+                "audio_peak": self.audio_peak, "first_frame_s": self.first_frame_s, "frame_ages": self.frame_ages,
+                "received": received}
+
+
+async def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--viewers", type=int, default=1)
+    args = parser.parse_args(argv)
+    viewers = [Viewer(args.url) for _ in range(args.viewers)]
+    results = await asyncio.gather(*(v.run(args.seconds) for v in viewers))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
