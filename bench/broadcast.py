@@ -10,7 +10,8 @@ the cores the daemon and Janus are measured on.
 Steps: 0 viewers (the baseline), then viewers are added up to each count (1, 20, 50 by default). After each
 step settles, a window of ``--seconds`` measures:
 
-- frames per viewer as % of 25 fps (min and median over viewers); goal >= 99 % each;
+- frames per viewer as % of 25 fps (min and median over viewers); goal >= 99 % each; beside it, the frames
+  the renderer itself made in the window (a loaded machine starves the source, not Janus);
 - daemon CPU (utime + stime from /proc, one core = 100 %); goal: flat, i.e. the same as with 1 viewer:
   the daemon encodes and sends once, whatever the viewer count;
 - Janus CPU, and per viewer: (Janus CPU - Janus CPU at 0 viewers) / viewers;
@@ -54,6 +55,7 @@ def cpu_percent(pid: int, seconds: float, start: float) -> float:
 
 def measure(daemon: c.Daemon, janus: JanusServer, viewers: list, seconds: float) -> dict:
     d0, j0, b0 = daemon.cpu_seconds(), c.process_cpu_seconds(janus.pid()), c.self_cpu_seconds()
+    rendered0 = daemon.status()["frames_rendered"]
     bytes0 = [v.counts.video_bytes + v.counts.audio_bytes for v in viewers]
     start = time.monotonic()
     time.sleep(seconds)
@@ -63,6 +65,8 @@ def measure(daemon: c.Daemon, janus: JanusServer, viewers: list, seconds: float)
         "daemon_cpu": 100.0 * (daemon.cpu_seconds() - d0) / elapsed,
         "janus_cpu": 100.0 * (c.process_cpu_seconds(janus.pid()) - j0) / elapsed,
         "bench_cpu": 100.0 * (c.self_cpu_seconds() - b0) / elapsed,
+        # The source's own rate: a starved renderer (a loaded machine) shows here, not as a Janus loss.
+        "rendered_percent": 100.0 * (daemon.status()["frames_rendered"] - rendered0) / elapsed / FPS,
     }
     if viewers:
         delivered = [100.0 * v.counts.fps(start, end) / FPS for v in viewers]
@@ -105,7 +109,8 @@ def run(args) -> list[tuple[str, str, str]]:
                     m = measure(daemon, janus, pool.viewers, args.seconds)
                     first_daemon = first_daemon if first_daemon is not None else m["daemon_cpu"]
                     per_viewer = (m["janus_cpu"] - base["janus_cpu"]) / count
-                    rows.append([str(count), f"min {m['delivered_min']:.1f} / median {m['delivered_median']:.1f} %",
+                    rows.append([str(count), f"min {m['delivered_min']:.1f} / median {m['delivered_median']:.1f} % "
+                                 f"(rendered {m['rendered_percent']:.1f} %)",
                                  f"{m['daemon_cpu']:.1f} %", f"{m['janus_cpu']:.1f} % ({per_viewer:.2f} %/viewer)",
                                  f"{m['kbit_s']:.0f} kbit/s",
                                  f"p50 {c.median(ttff):.0f} / max {max(ttff, default=float('nan')):.0f} ms ({len(ttff)}/{len(new)})",
@@ -113,7 +118,8 @@ def run(args) -> list[tuple[str, str, str]]:
                     print(" | ".join(rows[-1]))
                     figures += [
                         (f"broadcast: {count} viewers, frames per viewer",
-                         f"min {m['delivered_min']:.1f} %, median {m['delivered_median']:.1f} % of 25 fps", ">= 99 % each"),
+                         f"min {m['delivered_min']:.1f} %, median {m['delivered_median']:.1f} % of 25 fps (the renderer made "
+                         f"{m['rendered_percent']:.1f} %; load average {c.loadavg()})", ">= 99 % each"),
                         (f"broadcast: {count} viewers, daemon CPU",
                          f"{m['daemon_cpu']:.1f} % (0 viewers {base['daemon_cpu']:.1f} %, 1 viewer {first_daemon:.1f} %)", "flat"),
                         (f"broadcast: {count} viewers, Janus CPU",
