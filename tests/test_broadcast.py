@@ -157,6 +157,23 @@ async def test_viewers_watch_through_janus_and_a_restart_recreates_the_mountpoin
     assert ADMIN_KEY not in janus.log()
 
 
+async def test_a_restarted_avatard_takes_over_its_mountpoint(janus, in_server_namespace):
+    """The secret is derived from the admin key, so a new avatard finds the mountpoint the last one made."""
+    ports = []
+    for _ in range(2):
+        async with trio.open_nursery() as nursery:
+            encoder = await start_encoder(nursery)
+            broadcaster = Broadcaster(encoder, (janus.url,), admin_key=ADMIN_KEY, mountpoint=MOUNTPOINT, pin=None)
+            server = broadcaster.servers[0]
+            await nursery.start(broadcaster.run)
+            await wait_for(lambda: server.connected, "the mountpoint")
+            ports.append(server._target[1])
+            assert server.status()["recreations"] == 0
+            nursery.cancel_scope.cancel()
+    assert ports[0] == ports[1]
+    assert janus.log().count("audio listener restricted to interface address") == 1, "created once"
+
+
 async def test_h264_reaches_a_viewer(janus, viewers, in_server_namespace):
     async with trio.open_nursery() as nursery:
         encoder = await start_encoder(nursery, codec="h264")

@@ -63,7 +63,8 @@ class JanusSink:
         self._on_mountpoint = on_mountpoint  # a (re)made mountpoint wants a keyframe soon
         self._send, self._receive = trio.open_memory_channel(SEND_QUEUE)
         self._target: tuple[str, api.Ports] | None = None
-        self.created = 0
+        self._had_mountpoint = False  # once true, a create is a re-creation (Janus lost it: it restarted)
+        self.recreations = 0
         self.packets_sent = 0
         self.packets_dropped = 0
         self.last_error: str | None = None
@@ -76,7 +77,7 @@ class JanusSink:
         return {"name": self.name, "url": self.url, "connected": self.connected,
                 "mountpoint": self._mountpoint_id if self.connected else None,
                 "packets_sent": self.packets_sent, "packets_dropped": self.packets_dropped,
-                "recreations": max(0, self.created - 1), "last_error": self.last_error}
+                "recreations": self.recreations, "last_error": self.last_error}
 
     def offer(self, kind: str, datagram: bytes) -> None:
         """Queue one datagram (``kind`` audio or video) for this server; never waits."""
@@ -100,7 +101,7 @@ class JanusSink:
             response = await http.post(self.url + path, json=body)
             reply = response.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise JanusUnreachable(f"{self.url}: {type(exc).__name__}") from None
+            raise JanusUnreachable(f"{self.url}: {type(exc).__name__} {str(exc)[:120]}".rstrip()) from None
         if not isinstance(reply, dict):
             raise JanusUnreachable(f"{self.url}: not a Janus reply")
         return reply
@@ -119,6 +120,7 @@ class JanusSink:
                     path = f"/{session}/{handle}"
                     ports = await self._ensure(http, path, mountpoint)
                     self._target = (iface, ports)
+                    self._had_mountpoint = True  # also when it was already there (avatard restarted, Janus did not)
                     self.last_error = None
                     backoff = BACKOFF_MIN
                     self._on_mountpoint()
@@ -150,9 +152,11 @@ class JanusSink:
                                     "--janus-mountpoint or destroy it") from None
         ports = api.parse_created(api.plugin_data(
             await self._post(http, path, api.message(mountpoint.create(self._admin_key)))))
-        self.created += 1
+        if self._had_mountpoint:
+            self.recreations += 1
         logger.info("%s: mountpoint %d %s on %s (audio port %d, video port %d)", self.name, mountpoint.id,
-                    "created" if self.created == 1 else "re-created", mountpoint.iface, ports.audio, ports.video)
+                    "re-created" if self._had_mountpoint else "created", mountpoint.iface, ports.audio, ports.video)
+        self._had_mountpoint = True
         return ports
 
     @staticmethod
