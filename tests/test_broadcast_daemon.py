@@ -156,6 +156,8 @@ def test_twenty_aiortc_viewers_each_get_the_frame_rate(net, janus, broadcasting,
     status = broadcasting.status()
     assert status["janus"][0]["packets_dropped"] == 0 or status["janus"][0]["packets_sent"] > 0
     assert status["broadcast_encoder"]["subscribers"] == 2  # one video and one audio subscription, for 20 viewers
+    assert [sub["kind"] for sub in status["broadcast_subscriptions"]] == ["video", "audio"]
+    assert all(sub["delivered"] > 0 for sub in status["broadcast_subscriptions"])
     with entered(net.server):
         metrics = httpx.get(f"http://{net.clients[0].server_address}:{broadcasting.port}/metrics", timeout=10).text
     assert 'avatard_janus_connected{server="janus_1",url="%s"} 1.0' % janus.url in metrics

@@ -1,6 +1,6 @@
 """The broadcast: the encoder's packets, packetized into RTP once, to every configured Janus server.
 
-    MediaEncoder (encode once) --EncodedPacket--> [subscription: video 5, audio 10; drop+count, see
+    MediaEncoder (encode once) --EncodedPacket--> [subscription: video 25, audio 50 (1 s); drop+count, see
     avatard.media.encoder] --> Broadcaster --RTP datagrams--> JanusSink x N [SEND_QUEUE each, drop+count]
     --UDP--> Janus
 
@@ -22,9 +22,17 @@ from .rtp import Packetizer
 
 logger = logging.getLogger("avatard.broadcast")
 
+# The broadcast's subscriptions hold 1 s (the encoder's default is 0.2 s, for a viewer that must stay live).
+# A lost video packet costs *every* viewer the pictures up to the next keyframe, and on a starved machine
+# the pump can fall behind for a moment; a broadcast that lags a second then catches up is the better
+# trade. Full-policy as for every subscription: dropped and counted (avatard.media.encoder).
+VIDEO_BUFFER = 25
+AUDIO_BUFFER = 50
+
 
 class Broadcaster:
-    """``status()`` gives ``janus`` (one entry per server, see :meth:`JanusSink.status`) and ``broadcast_encoder``."""
+    """``status()`` gives ``janus`` (one entry per server, see :meth:`JanusSink.status`), ``broadcast_subscriptions``
+    (packets the broadcast took from the encoder, and lost there) and ``broadcast_encoder``."""
 
     name = "broadcast"
 
@@ -34,14 +42,18 @@ class Broadcaster:
         self.servers = [JanusSink(index, url, admin_key=admin_key, mountpoint=mountpoint, video_codec=encoder.codec,
                                   pin=pin, on_mountpoint=encoder.request_keyframe)
                         for index, url in enumerate(urls, start=1)]
+        self._subscriptions: list = []
 
     def status(self) -> dict:
-        return {"janus": [server.status() for server in self.servers], "broadcast_encoder": self.encoder.status()}
+        return {"janus": [server.status() for server in self.servers],
+                "broadcast_subscriptions": [sub.info() for sub in self._subscriptions],
+                "broadcast_encoder": self.encoder.status()}
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         packetizer = Packetizer(self.encoder.codec)
-        with self.encoder.subscribe("janus-video", VIDEO) as video, \
-                self.encoder.subscribe("janus-audio", AUDIO) as audio:
+        with self.encoder.subscribe("janus-video", VIDEO, VIDEO_BUFFER) as video, \
+                self.encoder.subscribe("janus-audio", AUDIO, AUDIO_BUFFER) as audio:
+            self._subscriptions = [video, audio]
             async with trio.open_nursery() as nursery:
                 for server in self.servers:
                     nursery.start_soon(server.run)
