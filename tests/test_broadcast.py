@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import trio
@@ -38,9 +36,9 @@ def net():
 
 
 @pytest.fixture
-def janus(net):
+def janus(net, tmp_path):
     client = net.clients[0]
-    server = JanusServer(Path(tempfile.mkdtemp(prefix="janus-")), net.server, address=client.server_address,
+    server = JanusServer(tmp_path / "janus", net.server, address=client.server_address,
                          interface="vs", admin_key=ADMIN_KEY).start()
     yield server
     server.kill()

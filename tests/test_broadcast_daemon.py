@@ -62,8 +62,8 @@ def net():
 
 
 @pytest.fixture
-def janus(net):
-    server = JanusServer(Path(tempfile.mkdtemp(prefix="janus-")), net.server, address=net.clients[0].server_address,
+def janus(net, tmp):
+    server = JanusServer(tmp / "janus", net.server, address=net.clients[0].server_address,
                          interface="vs", admin_key=ADMIN_KEY).start()
     yield server
     server.kill()

@@ -77,7 +77,7 @@ function transcripts() {
     if (type === 'transcription' && data.is_final) {
       const line = document.createElement('div');
       line.className = `msg ${data.role === 'user' ? 'user' : 'assistant'}`;
-      line.textContent = data.text;
+      line.append(Object.assign(document.createElement('p'), { textContent: data.text }));
       $('transcript').append(line);
     }
   };
