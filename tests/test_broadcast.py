@@ -155,6 +155,29 @@ async def test_viewers_watch_through_janus_and_a_restart_recreates_the_mountpoin
     assert ADMIN_KEY not in janus.log()
 
 
+async def test_a_silent_janus_costs_the_other_server_nothing(janus, viewers, in_server_namespace):
+    """One "Janus" accepts TCP and never answers (the kernel completes the handshakes of its backlog): its
+    keeper waits out its HTTP timeout while the real server's viewers get every frame."""
+    silent = trio.socket.socket()
+    await silent.bind((janus.address, 0))
+    silent.listen(8)
+    silent_url = f"http://{janus.address}:{silent.getsockname()[1]}/janus"
+    with silent:
+        async with trio.open_nursery() as nursery:
+            encoder = await start_encoder(nursery)
+            broadcaster = Broadcaster(encoder, (silent_url, janus.url), admin_key=ADMIN_KEY, mountpoint=MOUNTPOINT,
+                                      pin=None)
+            stuck, good = broadcaster.servers
+            await nursery.start(broadcaster.run)
+            await wait_for(lambda: good.connected, "the mountpoint on the real Janus")
+            watching = await trio.to_thread.run_sync(viewers.add, janus.url, MOUNTPOINT, 1)
+            await wait_for(lambda: watching[0].counts.video_frames >= 50, "frames through the real Janus")
+            await wait_for(lambda: stuck.last_error is not None, "the silent one's timeout")
+            assert "Timeout" in stuck.last_error and not stuck.connected
+            assert stuck.packets_sent == 0 and stuck.packets_dropped > 0 and good.packets_dropped < good.packets_sent
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_restarted_avatard_takes_over_its_mountpoint(janus, in_server_namespace):
     """The secret is derived from the admin key, so a new avatard finds the mountpoint the last one made."""
     ports = []
