@@ -105,7 +105,8 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @command(cli)
 @pass_state
 def status(state: State) -> None:
-    """Renderer, brain, uptime, clients, frame counters, last turn latency and the Janus servers broadcast to."""
+    """Renderer, brain, uptime, frame counters, last turn latency, each client (transport, bit rate, RTT, loss)
+    and each Janus server the avatar is broadcast through."""
     reply = state.call("status")
     if state.as_json:
         state.show(reply)
@@ -138,11 +139,25 @@ def status(state: State) -> None:
                      + (f", presence off: {reply['presence_unavailable']}" if reply.get("presence_unavailable") else ""))
     if reply.get("server"):
         lines.append(f"server:     {reply['server']}")
+    lines.extend(_viewer_line(client) for client in reply.get("client_list", ()))
     for janus in reply.get("janus") or ():
         state_text = f"mountpoint {janus['mountpoint']}" if janus["connected"] else f"away ({janus['last_error']})"
         lines.append(f"janus:      {janus['url']}: {state_text}, {janus['packets_sent']} packets sent, "
                      f"{janus['packets_dropped']} dropped, {janus['recreations']} re-creations")
     click.echo("\n".join(lines))
+
+
+def _viewer_line(client: dict) -> str:
+    """One client: its transport and, for a WebRTC viewer, what its peer reports (bit rate, RTT, loss)."""
+    line = f"  {client['id']:<11} {client.get('transport', 'websocket'):<9} {client['remote']} ({client['role']})"
+    rtc = client.get("webrtc")
+    if rtc is not None:
+        rtt = "?" if rtc["rtt_ms"] is None else f"{rtc['rtt_ms']} ms"
+        line += (f", {rtc['state']}, {rtc['bitrate_kbps']} kbit/s, rtt {rtt}, lost {rtc['packets_lost']} "
+                 f"({100 * rtc['fraction_lost']:.1f} %), dropped {rtc['video_dropped']} video / {rtc['audio_dropped']} audio")
+    else:
+        line += f", {client['frames_sent']} frames sent, {client['video_dropped']} dropped"
+    return line
 
 
 @command(cli)

@@ -197,6 +197,8 @@ def test_the_page_picks_webrtc_decodes_25_fps_plays_audio_and_the_microphone_rea
         wait(page, "!avatard.micActive")
         stats = client_status(daemon, client_id)["webrtc"]
         assert stats["bitrate_kbps"] > 0 and stats["rtt_ms"] is not None, stats
+        shown = daemon.ctl("status")
+        assert re.search(rf"{client_id}\s+webrtc\s.*connected, [\d.]+ kbit/s, rtt [\d.]+ ms, lost \d+", shown.stdout), shown.stdout
     fetch = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(urllib.request.Request("
              f"'http://{net.clients[0].server_address}:{PORT}/metrics', headers={{'Authorization': 'Bearer {TOKEN}'}}))"
              ".read().decode())")

@@ -69,6 +69,9 @@ def test_valid_client_messages():
     assert wire.parse_client_text('{"type":"control","data":{"command":"gesture","params":{"gesture":"nod_agree"}}}') == wire.Gesture("nod_agree")
     assert wire.parse_client_text('{"type":"control","data":{"command":"subscribe","params":{"video":false}}}') == wire.Subscribe(False, None)
     assert wire.parse_client_binary(pcm) == wire.AudioInput(pcm, 16000, 1)
+    sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\n"
+    assert wire.parse_client_text(json.dumps({"type": "webrtc_offer", "data": {"sdp": sdp}})) == wire.WebrtcOffer(sdp)
+    assert wire.parse_client_text('{"type":"webrtc_close"}') == wire.WebrtcClose()
 
 
 @pytest.mark.parametrize("text, code", [
@@ -94,6 +97,10 @@ def test_valid_client_messages():
     ('{"type":"audio_input","sample_rate":true,"data":"AAAA"}', "bad_audio"),
     ('{"type":"audio_input","channels":3,"data":"AAAA"}', "bad_audio"),
     ('{"type":"audio_input","channels":2,"data":"AAE="}', "bad_audio"),  # 2 bytes is half a stereo frame
+    ('{"type":"webrtc_offer"}', "bad_message"),
+    ('{"type":"webrtc_offer","data":{"sdp":42}}', "bad_offer"),
+    ('{"type":"webrtc_offer","data":{"sdp":"hello"}}', "bad_offer"),
+    (json.dumps({"type": "webrtc_offer", "data": {"sdp": "v=0" + "a" * wire.MAX_SDP_CHARS}}), "bad_offer"),
 ])
 def test_bad_client_messages(text, code):
     if text == '{"type":"audio_input","data":"AAE="}':

@@ -142,35 +142,69 @@ class EncodedPacket:
         return packet
 
 
+class DropPolicy:
+    """One subscriber's full-policy, apart from where its queue lives (a trio channel here, an asyncio queue in a
+    WebRTC track): the same rules wherever packets wait. Not thread-safe: one policy, one thread.
+
+    Before a packet is queued, :meth:`admit` says whether to try; if the queue is full, :meth:`lost`; if it was
+    queued, :meth:`passed`. A video subscriber skips everything up to the next keyframe after a loss (and at
+    its start), asking the encoder for one each time it skips (``request_keyframe`` is rate-limited there)."""
+
+    def __init__(self, kind: str, request_keyframe) -> None:
+        self.kind = kind
+        self._request_keyframe = request_keyframe
+        self.needs_keyframe = kind == VIDEO  # a video subscriber starts at a keyframe
+        self.dropped = 0
+
+    def admit(self, packet: EncodedPacket) -> bool:
+        if self.needs_keyframe and not packet.keyframe:
+            self.dropped += 1
+            self._request_keyframe()
+            return False
+        return True
+
+    def lost(self) -> None:
+        self.dropped += 1
+        if self.kind == VIDEO:
+            self.needs_keyframe = True
+            self._request_keyframe()
+
+    def passed(self) -> None:
+        self.needs_keyframe = False
+
+
 class Subscription:
     """One subscriber's end: an async iterator of :class:`EncodedPacket` of one kind. Counters: ``delivered``,
-    ``dropped`` (channel full, or video skipped while waiting for a keyframe), ``stale`` (audio from before an
-    interrupt)."""
+    ``dropped`` (channel full, or video skipped while waiting for a keyframe: :class:`DropPolicy`), ``stale``
+    (audio from before an interrupt)."""
 
     def __init__(self, name: str, kind: str, buffer: int, encoder: MediaEncoder) -> None:
         self.name = name
         self.kind = kind
         self._send, self._receive = trio.open_memory_channel[EncodedPacket](buffer)
         self._encoder = encoder
-        self.needs_keyframe = kind == VIDEO  # a video subscriber starts at a keyframe
+        self.policy = DropPolicy(kind, encoder.request_keyframe)
         self.delivered = 0
-        self.dropped = 0
         self.stale = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.policy.dropped
+
+    @property
+    def needs_keyframe(self) -> bool:
+        return self.policy.needs_keyframe
 
     def _offer(self, packet: EncodedPacket) -> None:
         """The encoder's side: never waits (see the module docstring for the policy)."""
-        if self.needs_keyframe and not packet.keyframe:
-            self.dropped += 1
+        if not self.policy.admit(packet):
             return
         try:
             self._send.send_nowait(packet)
         except trio.WouldBlock:
-            self.dropped += 1
-            if self.kind == VIDEO:
-                self.needs_keyframe = True
-                self._encoder.request_keyframe()
+            self.policy.lost()
             return
-        self.needs_keyframe = False
+        self.policy.passed()
 
     def __aiter__(self) -> Subscription:
         return self

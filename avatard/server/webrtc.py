@@ -5,11 +5,15 @@ WebSocket server hands it here and replies ``webrtc_answer``. The peer then belo
 it lives in the client's nursery, ends with it (or with a new offer, ``webrtc_close``, or ICE failing), and
 counts as that client for ``--max-clients``. Transcripts, status, gestures and text stay on the WebSocket.
 
-Media out is encoded once for every viewer by :class:`avatard.media.encoder.MediaEncoder`; each peer holds
-one video and one audio subscription (bounded, drop + count, video resumes at a keyframe; see that module)
-and forwards each packet into its aiortc track, waiting until aiortc has taken the previous one. A viewer
-whose network is gone only fills its own subscription: aiortc sends UDP, which never blocks, and ICE
-consent checks (RFC 7675, aioice: 6 failures 5 s apart) end the peer; the others never notice.
+Media out is encoded once for every viewer by :class:`avatard.media.encoder.MediaEncoder`. While any peer is
+connected, WebRTC holds ONE subscription per kind and hands each packet to the asyncio loop once
+(``AsyncioLoop.call_soon``), where it is offered to every peer's track (``webrtc_session.deliver``). Each
+track has its own bounded queue with the encoder's full-policy (drop + count; video resumes at a keyframe it
+asks for). Rejected: a subscription and a forwarding task per peer, waiting for each hand-off: two thread
+hops per packet per viewer, and at 20 viewers on a busy 2-core box the round trips fell behind and ~30 % of
+the packets were dropped (bench/webrtc.py). A viewer whose network is gone only fills its own queue:
+aiortc sends UDP, which never blocks, and ICE consent checks (RFC 7675, aioice: 6 failures 5 s apart) end
+the peer; the others never notice.
 
 The microphone comes back through the same path as the WebSocket's binary audio (the client's resampler,
 then ``Hub.user_audio`` into the shared input lane), with the browser's echo cancellation, noise
@@ -59,7 +63,7 @@ class Peer:
         self.id = peer_id
         self.scope = trio.CancelScope()
         self.state = "new"
-        self.subscriptions: dict = {}
+        self.tracks = None  # its (video, audio) PacketTracks while connected
         self.stats: dict = {}
         self.bitrate = 0.0  # bits per second sent, audio + video, over the last STATS_INTERVAL
         self._last: tuple[float, int] | None = None
@@ -79,8 +83,7 @@ class Peer:
                 "rtt_ms": None if rtt is None else round(rtt * 1000, 1),
                 "packets_lost": stats.get("video_packets_lost", 0) + stats.get("audio_packets_lost", 0),
                 "fraction_lost": max(stats.get("video_fraction_lost", 0), stats.get("audio_fraction_lost", 0)),
-                "video_dropped": self.subscriptions[VIDEO].dropped if VIDEO in self.subscriptions else 0,
-                "audio_dropped": self.subscriptions[AUDIO].dropped if AUDIO in self.subscriptions else 0,
+                "video_dropped": stats.get("video_dropped", 0), "audio_dropped": stats.get("audio_dropped", 0),
                 "mic_dropped": stats.get("mic_dropped", 0)}
 
 
@@ -97,6 +100,11 @@ class WebRtc:
         self.peers: dict[str, Peer] = {}
         self.negotiations = 0
         self.failures = 0  # offers that did not end in a connected peer (bad SDP, timeout, ICE failure)
+        # The connected peers' tracks by kind, as immutable snapshots (they cross to the asyncio thread with
+        # each packet); _connected is set while there is at least one (the forwarders subscribe only then).
+        self._tracks: dict[str, tuple] = {VIDEO: (), AUDIO: ()}
+        self._connected = trio.Event()
+        self.handoffs_refused = 0  # packets the asyncio loop could not take (MAX_PENDING_CALLS pending): all lost
 
     @property
     def available(self) -> bool:
@@ -104,7 +112,7 @@ class WebRtc:
 
     def status(self) -> dict:
         return {"available": self.available, "peers": len(self.peers), "negotiations": self.negotiations,
-                "failures": self.failures, "encoder": self.encoder.status()}
+                "failures": self.failures, "handoffs_refused": self.handoffs_refused, "encoder": self.encoder.status()}
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the asyncio loop for aiortc open until cancelled (nothing to run without aiortc)."""
@@ -114,10 +122,44 @@ class WebRtc:
         async with open_asyncio_loop() as aio:
             self._aio = aio
             try:
-                task_status.started()
-                await trio.sleep_forever()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._forward, aio, VIDEO)
+                    nursery.start_soon(self._forward, aio, AUDIO)
+                    task_status.started()
             finally:
                 self._aio = None
+
+    async def _forward(self, aio: AsyncioLoop, kind: str) -> None:
+        """While any peer is connected: the encoder's packets of ``kind``, one hand-off each, to every peer's
+        track. Nobody connected: no subscription, so nothing is encoded for WebRTC."""
+        while True:
+            await self._connected.wait()
+            with self.encoder.subscribe(f"webrtc-{kind}", kind) as packets:
+                async for packet in packets:
+                    tracks = self._tracks[kind]
+                    if not tracks:
+                        break
+                    try:
+                        aio.call_soon(webrtc_session.deliver, packet, tracks)
+                    except trio.WouldBlock:  # the loop is this far behind: the packet is lost for every peer
+                        self.handoffs_refused += 1
+                        if kind == VIDEO:
+                            self.encoder.request_keyframe()
+
+    def _attach(self, peer: Peer, session) -> None:
+        peer.tracks = (session.video, session.audio)
+        self._tracks = {VIDEO: (*self._tracks[VIDEO], session.video), AUDIO: (*self._tracks[AUDIO], session.audio)}
+        self._connected.set()
+
+    def _detach(self, peer: Peer) -> None:
+        if peer.tracks is None:
+            return
+        video, audio = peer.tracks
+        self._tracks = {VIDEO: tuple(t for t in self._tracks[VIDEO] if t is not video),
+                        AUDIO: tuple(t for t in self._tracks[AUDIO] if t is not audio)}
+        peer.tracks = None
+        if not self._tracks[VIDEO]:
+            self._connected = trio.Event()
 
     async def run_peer(self, client_id: str, offer_sdp: str, hear_microphone: bool, on_audio, on_end, *,
                        task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -160,6 +202,7 @@ class WebRtc:
                 logger.info("%s: connection %s", peer.id, state)
                 on_end(state)
         finally:
+            self._detach(peer)
             del self.peers[peer.id]
             await _close(aio, session)
             info = peer.info()
@@ -167,24 +210,20 @@ class WebRtc:
                         info["audio_dropped"])
 
     async def _serve_peer(self, aio: AsyncioLoop, session, peer: Peer, hear_microphone: bool, on_audio) -> str:
-        """Media both ways until the connection fails or closes; returns that state."""
+        """Media both ways until the connection fails or closes; returns that state.
+
+        The packets start once the connection is up: before that aiortc's senders take nothing, and the
+        tracks would only fill and count drops; the first video packet is then a fresh keyframe."""
+        if not await aio.run(session.connected):
+            return await aio.run(session.ended)
+        self._attach(peer, session)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward, aio, peer, VIDEO, session.put_video)
-            nursery.start_soon(self._forward, aio, peer, AUDIO, session.put_audio)
             if hear_microphone:
                 nursery.start_soon(self._microphone, aio, session, on_audio)
             nursery.start_soon(self._poll_stats, aio, session, peer)
             state = await aio.run(session.ended)
             nursery.cancel_scope.cancel()
         return state
-
-    async def _forward(self, aio: AsyncioLoop, peer: Peer, kind: str, put) -> None:
-        """The encoder's packets of one kind into this peer's track, one at a time (the backlog and its drop
-        policy are the subscription's)."""
-        with self.encoder.subscribe(f"{peer.id}-{kind}", kind) as packets:
-            peer.subscriptions[kind] = packets
-            async for packet in packets:
-                await aio.run(put, packet.to_av_packet())
 
     async def _microphone(self, aio: AsyncioLoop, session, on_audio) -> None:
         async with aio.open_stream(session.microphone, max_buffer=MIC_STREAM_BUFFER) as frames:

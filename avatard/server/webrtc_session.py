@@ -37,6 +37,7 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerCon
 from aiortc.mediastreams import MediaStreamError
 
 from ..errors import ProtocolError
+from ..media.encoder import AUDIO, AUDIO_BUFFER, VIDEO, VIDEO_BUFFER, DropPolicy, EncodedPacket
 
 logger = logging.getLogger("avatard.webrtc")
 
@@ -48,23 +49,49 @@ ENDED_STATES = ("failed", "closed")
 
 
 class PacketTrack(MediaStreamTrack):
-    """An outgoing track that hands aiortc already-encoded ``av.Packet`` objects, one at a time.
+    """An outgoing track that hands aiortc already-encoded packets, one at a time, from a bounded queue.
 
-    ``put`` waits until the sender has taken the previous packet (a queue of one), so the backlog, and its
-    drop policy, stays in the encoder's subscription on the trio side, the one place it is written down."""
+    :meth:`offer` (called for every packet of the shared encoder, see :func:`deliver`) never waits: the queue
+    holds ``capacity`` packets and its full-policy is the encoder's own :class:`DropPolicy` (drop + count; video
+    resumes at a keyframe, which it asks for), the same rules as every other subscriber's. aiortc's sender
+    normally takes each packet at once, so the queue is empty but for a viewer whose sender stalls."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, capacity: int, request_keyframe: Callable[[], None]) -> None:
         super().__init__()
         self.kind = kind
-        self._queue: asyncio.Queue[av.Packet] = asyncio.Queue(maxsize=1)
+        self.policy = DropPolicy(kind, request_keyframe)
+        self._capacity = capacity
+        self._queue: collections.deque[EncodedPacket] = collections.deque()
+        self._arrived = asyncio.Event()
 
-    async def put(self, packet: av.Packet) -> None:
-        await self._queue.put(packet)
+    def offer(self, packet: EncodedPacket) -> None:
+        if not self.policy.admit(packet):
+            return
+        if len(self._queue) >= self._capacity:
+            self.policy.lost()
+            return
+        self._queue.append(packet)
+        self.policy.passed()
+        self._arrived.set()
 
     async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        return await self._queue.get()
+        while not self._queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._queue.popleft().to_av_packet()
+
+    def stop(self) -> None:
+        super().stop()
+        self._arrived.set()  # a recv() waiting for a packet sees the end
+
+
+def deliver(packet: EncodedPacket, tracks: tuple[PacketTrack, ...]) -> None:
+    """One encoded packet to every peer's track of its kind: one hop into the asyncio loop per packet, whatever
+    the number of viewers."""
+    for track in tracks:
+        track.offer(packet)
 
 
 class PeerSession:
@@ -76,10 +103,11 @@ class PeerSession:
         self._video_mime = f"video/{video_codec.upper()}"
         self._request_keyframe = request_keyframe
         self.pc: RTCPeerConnection | None = None
-        self.video = PacketTrack("video")
-        self.audio = PacketTrack("audio")
+        self.video = PacketTrack(VIDEO, VIDEO_BUFFER, request_keyframe)
+        self.audio = PacketTrack(AUDIO, AUDIO_BUFFER, request_keyframe)
         self._microphone: MediaStreamTrack | None = None
         self._ended: asyncio.Event | None = None
+        self._connected: asyncio.Event | None = None
         self.state = "new"
         self.mic_dropped = 0
 
@@ -89,11 +117,14 @@ class PeerSession:
         ``hear_microphone``: take the browser's audio (a client that may talk); otherwise the audio m-line
         is answered send-only and the browser sends nothing."""
         self._ended = asyncio.Event()
+        self._connected = asyncio.Event()
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
 
         @pc.on("connectionstatechange")
         def _changed() -> None:
             self.state = pc.connectionState
+            if pc.connectionState == "connected":
+                self._connected.set()
             if pc.connectionState in ENDED_STATES:
                 self._ended.set()
 
@@ -120,11 +151,15 @@ class PeerSession:
         await pc.setLocalDescription(await pc.createAnswer())
         return pc.localDescription.sdp
 
-    async def put_video(self, packet: av.Packet) -> None:
-        await self.video.put(packet)
-
-    async def put_audio(self, packet: av.Packet) -> None:
-        await self.audio.put(packet)
+    async def connected(self) -> bool:
+        """Wait until ICE and DTLS are up (True) or the connection ended before that (False)."""
+        waits = [asyncio.ensure_future(self._connected.wait()), asyncio.ensure_future(self._ended.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return self._connected.is_set() and not self._ended.is_set()
 
     async def ended(self) -> str:
         """Wait until the connection has failed or closed; return that state."""
@@ -172,7 +207,8 @@ class PeerSession:
     async def stats(self) -> dict:
         """What the daemon shows of this viewer: bytes sent, and what the browser's receiver reports
         (RTCP receiver reports: round-trip time, packets lost), per kind."""
-        out: dict = {"state": self.state, "mic_dropped": self.mic_dropped}
+        out: dict = {"state": self.state, "mic_dropped": self.mic_dropped, "video_dropped": self.video.policy.dropped,
+                     "audio_dropped": self.audio.policy.dropped}
         if self.pc is None:
             return out
         for stat in (await self.pc.getStats()).values():
@@ -183,7 +219,7 @@ class PeerSession:
             elif stat.type == "remote-inbound-rtp":
                 out[f"{kind}_rtt"] = stat.roundTripTime
                 out[f"{kind}_packets_lost"] = stat.packetsLost
-                out[f"{kind}_fraction_lost"] = stat.fractionLost
+                out[f"{kind}_fraction_lost"] = stat.fractionLost / 256  # RTCP: 8-bit fixed point (RFC 3550 6.4.1)
             elif stat.type == "inbound-rtp":
                 out["mic_packets_received"] = stat.packetsReceived
         return out

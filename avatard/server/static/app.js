@@ -176,6 +176,7 @@ const state = {
   rtcState: null,             // 'negotiating' | 'up' | 'down: <reason>'
   firstFrameMs: null,         // performance.now() (ms since navigation) when the first frame was shown
   rtcFirstFrameMs: null,      // ... and the first WebRTC frame
+  rtcTimeline: null,          // the last WebRTC attempt's steps (webrtc.js RtcMedia.timeline)
 };
 window.avatard = state;
 
@@ -968,6 +969,7 @@ const conn = new Connection(webSocketUrl(), {
   },
   onClose() {
     stopRtc();   // the peer belongs to the connection: the server has ended it too
+    if (state.transportChoice.transport === 'webrtc') nextRtc ??= newRtc();   // ready for the reconnect
     transcript.cutOpenLines();
     ui.activity.hidden = true;
     delete ui.stage.dataset.activity;
@@ -989,17 +991,15 @@ function showTransport() {
   ui.rtcVideo.style.visibility = ui.subVideo.checked ? '' : 'hidden';
 }
 
-/** Try WebRTC on a fresh connection; the binary stream carries the picture until the first WebRTC frame. */
-function startRtc() {
-  stopRtc();
-  conn.send(msg.subscribe(ui.subVideo.checked, false));   // never two voices at once
-  state.rtcState = 'negotiating';
-  const rtc = state.rtc = new RtcMedia({
+/** A peer connection for the next WebSocket connection: prepared (offer, candidates) ahead of it. */
+function newRtc() {
+  const rtc = new RtcMedia({
     send: (m) => conn.send(m),
     video: ui.rtcVideo,
     onPicture: (w, h) => frames.shown(w, h),
     onUp() {
       state.rtcFirstFrameMs = performance.now();
+      state.rtcTimeline = rtc.timeline;
       state.rtcState = 'up';
       state.transport = 'webrtc';
       conn.send(msg.subscribe(false, false));   // the WebSocket keeps only the JSON messages
@@ -1021,7 +1021,19 @@ function startRtc() {
       conn.send(msg.subscribe(ui.subVideo.checked, ui.subAudio.checked));
     },
   });
-  rtc.start().catch((err) => rtc.fail(`cannot start: ${err.message || err}`));
+  rtc.prepare();
+  return rtc;
+}
+let nextRtc = null;   // prepared while the WebSocket connects
+
+/** Try WebRTC on a fresh connection; the binary stream carries the picture until the first WebRTC frame. */
+function startRtc() {
+  stopRtc();
+  conn.send(msg.subscribe(ui.subVideo.checked, false));   // never two voices at once
+  state.rtcState = 'negotiating';
+  const rtc = state.rtc = nextRtc ?? newRtc();
+  nextRtc = null;
+  rtc.offer().catch((err) => rtc.fail(`cannot start: ${err.message || err}`));
 }
 
 function stopRtc() {
@@ -1137,6 +1149,7 @@ if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
 
 state.transportChoice = chooseTransport();
 showTransport();
+if (state.transportChoice.transport === 'webrtc') nextRtc = newRtc();
 renderGestures(DEFAULT_GESTURES);
 transcript.clear();
 renderMic();
