@@ -2,7 +2,8 @@
 
 Two tasks per server, so a Janus that is down or slow never holds anyone else up:
 
-- the *keeper* talks HTTP (httpx, which runs on trio through httpcore's trio backend): session, handle on
+- the *keeper* talks HTTP (httpx: its "Async Support" docs list trio beside asyncio; httpcore picks its trio
+  backend by itself, checked by tests/test_broadcast.py): session, handle on
   the streaming plugin, then our mountpoint (``info`` if it is already there, else ``create``). It then asks
   ``info`` every POLL_INTERVAL seconds, which also keeps the session alive (any request on a session does;
   the default ``session_timeout`` is 60 s). A restarted Janus answers 458 (no such session) or 455 (no such
