@@ -97,6 +97,12 @@ def _janus_urls(instance, attribute, value):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--janus: {url!r} is not an http(s) URL of Janus's API (e.g. http://127.0.0.1:8088/janus)")
+        try:
+            unspecified = ipaddress.ip_address(parts.hostname).is_unspecified
+        except ValueError:
+            unspecified = False  # a host name
+        if unspecified:  # the mountpoint's RTP input binds to this address: 0.0.0.0 would be every interface
+            raise ConfigError(f"--janus: {url!r}: name the Janus machine's own address, not {parts.hostname}")
     if len(set(value)) != len(value):
         raise ConfigError("--janus: the same server is given twice")
 

@@ -240,6 +240,7 @@ async def test_wrong_admin_key_is_reported_without_the_key(janus, in_server_name
 
 @pytest.mark.parametrize("args, message", [
     (("--janus", "ftp://janus.example/janus"), "--janus: 'ftp://janus.example/janus' is not an http(s) URL"),
+    (("--janus", "http://0.0.0.0:8088/janus"), "name the Janus machine's own address, not 0.0.0.0"),
     (("--janus", "http://198.18.0.1:8088/janus", "--janus", "http://198.18.0.1:8088/janus"), "the same server is given twice"),
     (("--janus", "http://198.18.0.1:8088/janus", "--janus-mountpoint", "0"), "--janus-mountpoint: 0 is not in 1.."),
     (("--janus", "http://198.18.0.1:8088/janus", "--janus-video-codec", "av1"), "'av1' is not one of 'vp8', 'h264'"),

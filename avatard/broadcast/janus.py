@@ -24,6 +24,7 @@ error messages (JanusError carries Janus's reason, which never echoes it).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import secrets
 from urllib.parse import urlsplit
@@ -167,7 +168,10 @@ class JanusSink:
             infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_DGRAM)
         except OSError as exc:
             raise JanusUnreachable(f"cannot resolve {host}: {exc.strerror or exc}") from None
-        return infos[0][4][0]
+        address = infos[0][4][0]
+        if ipaddress.ip_address(address).is_unspecified:  # would bind the RTP input to every interface
+            raise JanusError(0, f"{host} resolves to {address}; name the Janus machine's own address")
+        return address
 
     # -- UDP -----------------------------------------------------------------------------------------
 
