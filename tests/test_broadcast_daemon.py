@@ -161,6 +161,7 @@ def test_twenty_aiortc_viewers_each_get_the_frame_rate(net, janus, broadcasting,
     with entered(net.server):
         metrics = httpx.get(f"http://{net.clients[0].server_address}:{broadcasting.port}/metrics", timeout=10).text
     assert 'avatard_janus_connected{server="janus_1",url="%s"} 1.0' % janus.url in metrics
+    assert 'avatard_janus_mountpoint{server="janus_1",url="%s"} %d.0' % (janus.url, MOUNTPOINT) in metrics
     assert "avatard_janus_packets_sent_total" in metrics and "avatard_janus_recreations_total" in metrics
     assert_no_admin_key(broadcasting, janus)
 

@@ -49,6 +49,11 @@ def _janus(servers: list[dict]):
     for server in servers:
         connected.add_metric([server["name"], server["url"]], int(server["connected"]))
     yield connected
+    mountpoint = GaugeMetricFamily("avatard_janus_mountpoint", "Id of our mountpoint on the Janus server (0 while it has none).",
+                                   labels=labels)
+    for server in servers:
+        mountpoint.add_metric([server["name"], server["url"]], server["mountpoint"] or 0)
+    yield mountpoint
     for key, (name, doc) in JANUS_COUNTERS.items():
         family = CounterMetricFamily(name, doc, labels=labels)
         for server in servers:
