@@ -11,7 +11,8 @@ Steps: 0 viewers (the baseline), then viewers are added up to each count (1, 20,
 step settles, a window of ``--seconds`` measures:
 
 - frames per viewer as % of 25 fps (min and median over viewers); goal >= 99 % each; beside it, the frames
-  the renderer itself made in the window (a loaded machine starves the source, not Janus);
+  the renderer itself made in the window (a loaded machine starves the source, not Janus) and what avatard
+  lost after the renderer (fan-out drops, the broadcast's subscriptions, datagrams not sent to Janus);
 - daemon CPU (utime + stime from /proc, one core = 100 %); goal: flat, i.e. the same as with 1 viewer:
   the daemon encodes and sends once, whatever the viewer count;
 - Janus CPU, and per viewer: (Janus CPU - Janus CPU at 0 viewers) / viewers;
@@ -55,18 +56,25 @@ def cpu_percent(pid: int, seconds: float, start: float) -> float:
 
 def measure(daemon: c.Daemon, janus: JanusServer, viewers: list, seconds: float) -> dict:
     d0, j0, b0 = daemon.cpu_seconds(), c.process_cpu_seconds(janus.pid()), c.self_cpu_seconds()
-    rendered0 = daemon.status()["frames_rendered"]
+    status0 = daemon.status()
     bytes0 = [v.counts.video_bytes + v.counts.audio_bytes for v in viewers]
     start = time.monotonic()
     time.sleep(seconds)
     end = time.monotonic()
     elapsed = end - start
+    status1 = daemon.status()
     result = {
         "daemon_cpu": 100.0 * (daemon.cpu_seconds() - d0) / elapsed,
         "janus_cpu": 100.0 * (c.process_cpu_seconds(janus.pid()) - j0) / elapsed,
         "bench_cpu": 100.0 * (c.self_cpu_seconds() - b0) / elapsed,
         # The source's own rate: a starved renderer (a loaded machine) shows here, not as a Janus loss.
-        "rendered_percent": 100.0 * (daemon.status()["frames_rendered"] - rendered0) / elapsed / FPS,
+        "rendered_percent": 100.0 * (status1["frames_rendered"] - status0["frames_rendered"]) / elapsed / FPS,
+        # What avatard itself lost in the window: frames before the encoder, packets before the broadcast,
+        # datagrams before Janus. Anything else a viewer misses was lost in Janus or the viewers' process.
+        "lost_inside": (status1["frames_dropped"] - status0["frames_dropped"])
+        + sum(sub["dropped"] for sub in status1["broadcast_subscriptions"])
+        - sum(sub["dropped"] for sub in status0["broadcast_subscriptions"])
+        + status1["janus"][0]["packets_dropped"] - status0["janus"][0]["packets_dropped"],
     }
     if viewers:
         delivered = [100.0 * v.counts.fps(start, end) / FPS for v in viewers]
@@ -110,7 +118,7 @@ def run(args) -> list[tuple[str, str, str]]:
                     first_daemon = first_daemon if first_daemon is not None else m["daemon_cpu"]
                     per_viewer = (m["janus_cpu"] - base["janus_cpu"]) / count
                     rows.append([str(count), f"min {m['delivered_min']:.1f} / median {m['delivered_median']:.1f} % "
-                                 f"(rendered {m['rendered_percent']:.1f} %)",
+                                 f"(rendered {m['rendered_percent']:.1f} %, lost in avatard {m['lost_inside']})",
                                  f"{m['daemon_cpu']:.1f} %", f"{m['janus_cpu']:.1f} % ({per_viewer:.2f} %/viewer)",
                                  f"{m['kbit_s']:.0f} kbit/s",
                                  f"p50 {c.median(ttff):.0f} / max {max(ttff, default=float('nan')):.0f} ms ({len(ttff)}/{len(new)})",
@@ -119,7 +127,8 @@ def run(args) -> list[tuple[str, str, str]]:
                     figures += [
                         (f"broadcast: {count} viewers, frames per viewer",
                          f"min {m['delivered_min']:.1f} %, median {m['delivered_median']:.1f} % of 25 fps (the renderer made "
-                         f"{m['rendered_percent']:.1f} %; load average {c.loadavg()})", ">= 99 % each"),
+                         f"{m['rendered_percent']:.1f} %, avatard lost {m['lost_inside']} frames/packets after it; "
+                         f"load average {c.loadavg()})", ">= 99 % each"),
                         (f"broadcast: {count} viewers, daemon CPU",
                          f"{m['daemon_cpu']:.1f} % (0 viewers {base['daemon_cpu']:.1f} %, 1 viewer {first_daemon:.1f} %)", "flat"),
                         (f"broadcast: {count} viewers, Janus CPU",
@@ -128,8 +137,8 @@ def run(args) -> list[tuple[str, str, str]]:
                         (f"broadcast: {count} viewers, time to first frame",
                          f"p50 {c.median(ttff):.0f} / max {max(ttff, default=float('nan')):.0f} ms over the {len(new)} added", "-"),
                     ]
-                status = daemon.status()["janus"][0]
-                print(f"janus_1: {status['packets_sent']} packets sent, {status['packets_dropped']} dropped")
+                server = daemon.status()["janus"][0]
+                print(f"janus_1: {server['packets_sent']} packets sent, {server['packets_dropped']} dropped")
         finally:
             if pool is not None:
                 pool.close()
