@@ -62,7 +62,7 @@ OPTIONS = [
     ("--size", ["AVATARD_SIZE"], dict(default="512x512", show_default=True, help="Built-in avatar frame size, WIDTHxHEIGHT.")),
     ("--fps", ["AVATARD_FPS"], dict(type=int, default=25, show_default=True, help="Frames per second (must divide 16000).")),
     ("--jpeg-quality", ["AVATARD_JPEG_QUALITY"], dict(type=int, default=80, show_default=True, help="JPEG quality of streamed frames.")),
-    ("--max-clients", ["AVATARD_MAX_CLIENTS"], dict(type=int, default=10, show_default=True, help="WebSocket clients at once; more are refused (1013).")),
+    ("--max-clients", ["AVATARD_MAX_CLIENTS"], dict(type=int, default=10, show_default=True, help="WebSocket clients at once (a WebRTC viewer is its WebSocket client); more are refused (1013).")),
     ("--max-clients-per-ip", ["AVATARD_MAX_CLIENTS_PER_IP"], dict(type=int, default=4, show_default=True,
                                                                  help="WebSocket clients from one address; more are refused (1013).")),
     ("--token", ["AVATARD_TOKEN"], dict(help="Token that lets clients talk and read /metrics (?token=... or Authorization: "

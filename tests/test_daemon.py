@@ -195,6 +195,9 @@ def test_second_daemon_on_the_same_socket_is_refused(daemon, tmp):
     (["--vertex"], "--vertex"),
     (["--vertex", "--gcp-project", "Bad Project!"], "--gcp-project"),
     (["--gcp-location", "us central1/../x"], "--gcp-location"),
+    (["--ice-server", "http://stun.example"], "--ice-server"),
+    (["--ice-server", "turn:198.18.0.9:3478"], "--ice-server"),  # TURN without credentials
+    (["--webrtc-codec", "av1"], "--webrtc-codec"),
 ])
 def test_bad_config_stops_with_one_line(args, flag, tmp):
     result = subprocess.run([sys.executable, "-m", "avatard", "--server", "--control-socket", str(tmp / "s.sock"), *args],

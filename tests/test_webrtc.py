@@ -105,7 +105,8 @@ def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path) -> Br
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={mic_wav}",
-        f"--unsafely-treat-insecure-origin-as-secure=http://{client.server_address}:{PORT}",
+        f"--unsafely-treat-insecure-origin-as-secure=http://{client.server_address}:{PORT},"
+        f"http://{client.server_address}:{PORT + 1}",
         "--autoplay-policy=no-user-gesture-required",
         "--disable-gpu",
         "--disable-background-networking",
@@ -125,13 +126,13 @@ def browsers(playwright, net, mic_wav, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def open_page(browser: Browser, net: Network, index: int, query: str = ""):
+def open_page(browser: Browser, net: Network, index: int, query: str = "", port: int = PORT):
     context = browser.new_context()
     page = context.new_page()
     failures: list[str] = []
     page.on("pageerror", lambda exc: failures.append(f"uncaught: {exc}"))
     page.on("console", lambda m: failures.append(f"console.error: {m.text}") if m.type == "error" else None)
-    page.goto(f"http://{net.clients[index].server_address}:{PORT}/?token={TOKEN}{query}")
+    page.goto(f"http://{net.clients[index].server_address}:{port}/?token={TOKEN}{query}")
     page.wait_for_function("avatard.connection === 'connected' && avatard.framesDrawn > 0", timeout=WAIT_MS)
     try:
         yield page
@@ -222,8 +223,8 @@ def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_oth
         ids = [page.evaluate("avatard.clientId") for page in (a, ws_page, b)]
         # --max-clients 4: an aiortc viewer is the fourth, a fifth connection is refused (WebRTC viewers count).
         viewer = subprocess.Popen(net.clients[0].prefix() + [sys.executable, str(VIEWER),
-                                  f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "6"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "8",
+                                  "--pli-at", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 15
         while daemon.status()["clients"] < 4:
             assert time.monotonic() < deadline and viewer.poll() is None, viewer.communicate()
@@ -232,9 +233,13 @@ def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_oth
                                  f"ws://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}", "--seconds", "1"],
                                  capture_output=True, text=True, timeout=30)
         assert refused.returncode != 0 and "1013" in refused.stderr, refused.stderr[-500:]
+        # The viewer's keyframe request (RTCP PLI) reaches the daemon's shared encoder through aiortc.
+        while not any(c.get("webrtc", {}).get("keyframe_requests") for c in daemon.status()["client_list"]):
+            assert viewer.poll() is None, viewer.communicate()
+            time.sleep(0.2)
         out, err = viewer.communicate(timeout=30)
         (result,) = json.loads(out)
-        assert result["video_frames"] > 50 and result["audio_samples"] > 0, err[-500:]
+        assert result["video_frames"] > 50 and result["audio_samples"] > 0 and result["plis_sent"] == 1, err[-500:]
 
         net.clients[1].down()  # b's network is gone: its UDP goes nowhere, its WebSocket stalls
         control = daemon.control(timeout=30)
@@ -252,3 +257,34 @@ def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_oth
         left = {c["id"]: c for c in daemon.status()["client_list"]}
         assert ids[2] not in left and left[ids[0]]["transport"] == "webrtc", left
         net.clients[1].up()
+
+        # a loses its network for longer than aiortc keeps packets to resend (128): when it is back, its picture
+        # moves again (the next keyframe; Chromium here waits for the periodic one rather than sending a PLI).
+        decoded = rtc_stats(a)["framesDecoded"]
+        net.clients[0].down()
+        time.sleep(3)  # the outage itself
+        net.clients[0].up()
+        wait(a, f"(async () => ((await ({RTC_STATS_JS})())?.framesDecoded ?? 0) > {decoded} + 50)()", timeout=30_000)
+
+
+def test_without_aiortc_the_page_falls_back_to_the_binary_stream_by_itself(net, browsers, tmp_path):
+    """What Python 3.10 gets (aiortc needs 3.11): a daemon whose ``import aiortc`` fails answers the offer with
+    webrtc_unavailable, and the page stays on the WebSocket stream without being told to."""
+    shadow = tmp_path / "shadow" / "aiortc"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("aiortc is not installed", name="aiortc")\n')
+    env = {"PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])}
+    short = Path(tempfile.mkdtemp(prefix="avw-", dir="/tmp"))
+    daemon = start_daemon(short, "--server", "--host", "0.0.0.0", "--port", str(PORT + 1), "--token", TOKEN, env=env,
+                          preexec_fn=net.server.enter)
+    try:
+        assert daemon.status()["webrtc"]["available"] is False
+        with open_page(browsers[0], net, 0, port=PORT + 1) as page:
+            state = wait(page, "avatard.rtcState && avatard.rtcState.startsWith('down') && "
+                               "[avatard.transport, avatard.rtcState]")
+            assert state[0] == "ws" and "webrtc_unavailable" in state[1], state
+            drawn, chunks = page.evaluate("[avatard.framesDrawn, avatard.audioChunksReceived]")
+            wait(page, "([n, m]) => avatard.framesDrawn > n + 25 && avatard.audioChunksReceived > m + 25", [drawn, chunks])
+            assert client_status(daemon, page.evaluate("avatard.clientId"))["transport"] == "websocket"
+    finally:
+        daemon.stop()

@@ -25,8 +25,10 @@ from aiortc.mediastreams import MediaStreamError
 
 
 class Viewer:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pli_at: float | None = None) -> None:
         self.url = url
+        self.pli_at = pli_at  # seconds after the answer: ask for a keyframe (RTCP PLI) as a browser would
+        self.plis_sent = 0
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video_frames = 0
         self.audio_samples = 0
@@ -49,6 +51,8 @@ class Viewer:
             await ws.send(json.dumps({"type": "webrtc_offer", "data": {"sdp": self.pc.localDescription.sdp}}))
             answer = await self._wait_for("webrtc_answer", 15)
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            if self.pli_at is not None:
+                self._tasks.append(asyncio.ensure_future(self._send_pli(self.pli_at)))
             await asyncio.sleep(seconds)
             stats = await self._stats()
             for task in self._tasks + [reader]:
@@ -74,6 +78,15 @@ class Viewer:
                     raise RuntimeError(f"daemon refused the offer: {m['data']}")
             await asyncio.sleep(0.01)
         raise TimeoutError(f"no {kind} within {timeout} s")
+
+    async def _send_pli(self, delay: float) -> None:
+        """aiortc's receiver sends PLIs only after losses it detects itself; this asks outright (its private
+        ``_send_rtcp_pli``, as its jitter buffer does) for the video stream's SSRC."""
+        await asyncio.sleep(delay)
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "video")
+        ssrc = next(s.ssrc for s in (await receiver.getStats()).values() if s.type == "inbound-rtp")
+        await receiver._send_rtcp_pli(ssrc)
+        self.plis_sent += 1
 
     def _on_track(self, track) -> None:
         self._tasks.append(asyncio.ensure_future(self._consume(track)))
@@ -107,7 +120,7 @@ class Viewer:
                                        "lost": stat.packetsLost}
         return {"client_id": self.client_id, "video_frames": self.video_frames, "audio_samples": self.audio_samples,
                 "audio_peak": self.audio_peak, "first_frame_s": self.first_frame_s, "frame_ages": self.frame_ages,
-                "received": received}
+                "received": received, "plis_sent": self.plis_sent}
 
 
 async def main(argv: list[str]) -> None:
@@ -115,8 +128,9 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("url")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--viewers", type=int, default=1)
+    parser.add_argument("--pli-at", type=float, help="send one RTCP PLI this many seconds after the answer")
     args = parser.parse_args(argv)
-    viewers = [Viewer(args.url) for _ in range(args.viewers)]
+    viewers = [Viewer(args.url, args.pli_at) for _ in range(args.viewers)]
     results = await asyncio.gather(*(v.run(args.seconds) for v in viewers))
     print(json.dumps(results))
 

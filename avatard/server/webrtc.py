@@ -84,7 +84,7 @@ class Peer:
                 "packets_lost": stats.get("video_packets_lost", 0) + stats.get("audio_packets_lost", 0),
                 "fraction_lost": max(stats.get("video_fraction_lost", 0), stats.get("audio_fraction_lost", 0)),
                 "video_dropped": stats.get("video_dropped", 0), "audio_dropped": stats.get("audio_dropped", 0),
-                "mic_dropped": stats.get("mic_dropped", 0)}
+                "mic_dropped": stats.get("mic_dropped", 0), "keyframe_requests": stats.get("keyframe_requests", 0)}
 
 
 class WebRtc:
@@ -167,8 +167,8 @@ class WebRtc:
 
         ``started()`` gets ``(peer, answer_sdp)``; a bad offer or a negotiation that fails raises
         :class:`ProtocolError` before that (the client gets an ``error``). ``on_audio(samples, rate, channels)``
-        takes the microphone (awaited: the input lane's backpressure), ``on_end(state)`` hears that the
-        connection failed or closed by itself."""
+        takes the microphone (awaited: the input lane's backpressure), ``on_end(peer_id, state)`` hears that
+        the connection failed or closed by itself."""
         if self._aio is None:
             raise ProtocolError("webrtc_unavailable", UNAVAILABLE or "WebRTC is not running")
         aio = self._aio
@@ -200,7 +200,7 @@ class WebRtc:
                 if state == "failed":
                     self.failures += 1
                 logger.info("%s: connection %s", peer.id, state)
-                on_end(state)
+                on_end(peer.id, state)
         finally:
             self._detach(peer)
             del self.peers[peer.id]

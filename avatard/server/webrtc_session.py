@@ -11,9 +11,9 @@ Two consequences handled here:
 
 * the browser's keyframe requests (RTCP PLI/FIR) reach ``RTCRtpSender._send_keyframe()``, which only sets a
   flag its own encoder reads; with packets that flag is never read. So each video sender's ``_send_keyframe``
-  is replaced by the shared encoder's ``request_keyframe`` (thread-safe, rate-limited there). A private
-  attribute of aiortc: checked against 1.16, covered by the WebRTC browser tests (a viewer that lost packets
-  recovers).
+  is replaced by one that counts the request and passes it to the shared encoder's ``request_keyframe``
+  (thread-safe, rate-limited there). A private attribute of aiortc, checked against 1.16; the count shows in
+  ``avatarctl status`` (``keyframe_requests``), and tests/test_webrtc.py checks a PLI gets through.
 * the codec must be the one we encode: ``setCodecPreferences`` on the video transceiver narrows the answer
   to it (as aiortc's own examples/webcam/webcam.py ``force_codec`` does).
 
@@ -110,6 +110,11 @@ class PeerSession:
         self._connected: asyncio.Event | None = None
         self.state = "new"
         self.mic_dropped = 0
+        self.keyframe_requests = 0  # the browser's PLI/FIR
+
+    def _keyframe_asked(self) -> None:
+        self.keyframe_requests += 1
+        self._request_keyframe()
 
     async def answer(self, offer_sdp: str, hear_microphone: bool) -> str:
         """Set the browser's offer, attach our tracks, return the answer's SDP (with all our candidates).
@@ -138,7 +143,7 @@ class PeerSession:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
                 sender = pc.addTrack(self.video)
-                sender._send_keyframe = self._request_keyframe  # see the module docstring
+                sender._send_keyframe = self._keyframe_asked  # see the module docstring
                 codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == self._video_mime]
                 transceiver.setCodecPreferences(codecs)
                 transceiver.direction = "sendonly"
@@ -208,7 +213,7 @@ class PeerSession:
         """What the daemon shows of this viewer: bytes sent, and what the browser's receiver reports
         (RTCP receiver reports: round-trip time, packets lost), per kind."""
         out: dict = {"state": self.state, "mic_dropped": self.mic_dropped, "video_dropped": self.video.policy.dropped,
-                     "audio_dropped": self.audio.policy.dropped}
+                     "audio_dropped": self.audio.policy.dropped, "keyframe_requests": self.keyframe_requests}
         if self.pc is None:
             return out
         for stat in (await self.pc.getStats()).values():

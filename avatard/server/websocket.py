@@ -89,6 +89,9 @@ MAX_PENDING = 64
 ACCEPT_RETRY = 0.1
 FD_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 WEBSOCKET_PATHS = ("/", "/ws")
+# A WebRTC offer costs the daemon a peer connection (a DTLS certificate, sockets, a close that takes up to
+# webrtc.CLOSE_TIMEOUT): one a second per client is far more than a page needs (one per connection).
+OFFER_INTERVAL = 1.0
 
 
 class Client:
@@ -110,6 +113,7 @@ class Client:
         self._resampler: StreamResampler | None = None  # for the rate this client sends at
         self.too_slow: str | None = None  # why it was disconnected for being too slow
         self.peer = None  # its WebRTC viewer (avatard.server.webrtc.Peer), if it asked for one
+        self.last_offer = -float("inf")  # trio clock
         self._sending_since: float | None = None  # when the send in progress started
         self.video_dropped = 0
         self.frames_sent = 0
@@ -507,11 +511,14 @@ class WsServer:
         elif isinstance(msg, wire.WebrtcOffer):
             if self.webrtc is None or not self.webrtc.available:
                 raise ProtocolError("webrtc_unavailable", UNAVAILABLE or "WebRTC is off on this server")
+            if trio.current_time() - client.last_offer < OFFER_INTERVAL:
+                raise ProtocolError("busy", f"at most one webrtc_offer every {OFFER_INTERVAL:g} s")
+            client.last_offer = trio.current_time()
             client.end_peer()  # one peer per connection: a new offer replaces it
             client.peer, answer = await nursery.start(
                 self.webrtc.run_peer, client.id, msg.sdp, client.role == TALK,
                 functools.partial(self._webrtc_audio, client), functools.partial(self._webrtc_ended, client))
-            client.push_json(wire.json_message("webrtc_answer", sdp=answer))
+            client.push_json(wire.json_message("webrtc_answer", sdp=answer, peer=client.peer.id))
         elif isinstance(msg, wire.WebrtcClose):
             client.end_peer()
         elif isinstance(msg, wire.TextInput):
@@ -541,9 +548,9 @@ class WsServer:
     async def _webrtc_audio(self, client: Client, samples, rate: int, channels: int) -> None:
         await self._user_audio(client, samples.reshape(-1, channels) if channels > 1 else samples, rate)
 
-    def _webrtc_ended(self, client: Client, state: str) -> None:
+    def _webrtc_ended(self, client: Client, peer_id: str, state: str) -> None:
         """The peer failed or closed by itself: the page falls back to the binary stream."""
-        client.push_json(wire.json_message("webrtc_state", state=state, timestamp=time.time()))
+        client.push_json(wire.json_message("webrtc_state", peer=peer_id, state=state, timestamp=time.time()))
 
 
 def peer_went_away(exc: BaseException) -> bool:

@@ -906,8 +906,8 @@ function onText(text) {
     case 'gestures':
       if (Array.isArray(data.gestures) && data.gestures.length) renderGestures(data.gestures.map(String));
       break;
-    case 'webrtc_answer': if (typeof data.sdp === 'string') state.rtc?.answer(data.sdp); break;
-    case 'webrtc_state': state.rtc?.serverState(String(data.state)); break;
+    case 'webrtc_answer': if (typeof data.sdp === 'string') state.rtc?.answer(data.sdp, data.peer); break;
+    case 'webrtc_state': state.rtc?.serverState(String(data.state), data.peer); break;
     default: console.debug('avatard: ignoring message', m.type);
   }
 }

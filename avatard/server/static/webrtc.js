@@ -57,6 +57,7 @@ export class RtcMedia {
     this.closed = false;
     this.timer = null;
     this.ready = null;
+    this.peer = null;
     this.timeline = {};   // performance.now() of each step: prepare, gathered, start, offer, answer, connected, picture
   }
 
@@ -115,8 +116,9 @@ export class RtcMedia {
     v.requestVideoFrameCallback(onFrame);
   }
 
-  async answer(sdp) {
+  async answer(sdp, peer) {
     if (this.closed) return;
+    this.peer = peer;   // the server's name for this peer: webrtc_state messages about others are old news
     this.#mark('answer');
     try {
       await this.pc.setRemoteDescription({ type: 'answer', sdp });
@@ -125,8 +127,9 @@ export class RtcMedia {
     }
   }
 
-  /** The server's webrtc_state: its side failed or closed. */
-  serverState(state) {
+  /** The server's webrtc_state: its side of ``peer`` failed or closed. */
+  serverState(state, peer) {
+    if (peer !== this.peer) return;
     if (state === 'failed' || state === 'closed') this.fail(`server: ${state}`);
   }
 
