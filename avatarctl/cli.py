@@ -105,7 +105,8 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @command(cli)
 @pass_state
 def status(state: State) -> None:
-    """Renderer, brain, uptime, frame counters, last turn latency, and each client: transport, bit rate, RTT, loss."""
+    """Renderer, brain, uptime, frame counters, last turn latency, each client (transport, bit rate, RTT, loss)
+    and each Janus server the avatar is broadcast through."""
     reply = state.call("status")
     if state.as_json:
         state.show(reply)
@@ -143,6 +144,10 @@ def status(state: State) -> None:
                      f"{'self-signed, ' if tls['self_signed'] else ''}valid until {tls['not_after'][:10]}, "
                      f"{reply.get('tls_failures', 0)} failed handshakes" if tls else "tls:        off")
     lines.extend(_viewer_line(client) for client in reply.get("client_list", ()))
+    for janus in reply.get("janus") or ():
+        state_text = f"mountpoint {janus['mountpoint']}" if janus["connected"] else f"away ({janus['last_error']})"
+        lines.append(f"janus:      {janus['url']}: {state_text}, {janus['packets_sent']} packets sent, "
+                     f"{janus['packets_dropped']} dropped, {janus['recreations']} re-creations")
     click.echo("\n".join(lines))
 
 

@@ -6,7 +6,8 @@
     pictures (camera, browsers, avatarctl look) --> Vision (<= 1/s to the brain; faces --> presence events)
     brain --push_audio (SpeechBuffer, 4 s, backpressure)--> renderer (the clock, fps frames/s)
     renderer --Frame--> [render queue, 2, drop+count] --> fan-out
-    fan-out --Frame--> [one channel per sink, drop+count] --> WebSocket server, speaker, window, recorder
+    fan-out --Frame--> [one channel per sink, drop+count] --> WebSocket server, speaker, window, recorder,
+        media encoder (encode once) --packets--> broadcast --RTP--> Janus servers (--janus)
     everyone --Event--> event bus --> [one channel per subscriber, drop+count] --> avatarctl, browsers
 
 Interrupts go through the hub, which clears the brain, the renderer's speech buffer and every sink's
@@ -95,6 +96,30 @@ def make_vision(config: Config, brain, events: EventBus, inputs: InputLanes) -> 
                   presence=Presence(config.greet_after))
 
 
+def make_encoders(config: Config, fanout: FanOut) -> dict:
+    """The encode-once media encoders, one per video codec wanted: the WebRTC viewers' (--webrtc-codec, server
+    mode) and the broadcast's (--janus-video-codec); when both want the same codec they share one encoder.
+    Each is a fan-out sink (the hub flushes it on interrupts) that encodes nothing while nobody subscribes."""
+    codecs = ([config.webrtc_codec] if config.server else []) + ([config.janus_video_codec] if config.janus else [])
+    if not codecs:
+        return {}
+    from .media.encoder import MediaEncoder
+    return {codec: MediaEncoder(fanout, codec=codec) for codec in dict.fromkeys(codecs)}
+
+
+def make_broadcast(config: Config, encoders: dict):
+    """With --janus: the broadcast that feeds every Janus server from its codec's encoder (a front end: its
+    status is ``janus``)."""
+    if not config.janus:
+        return None
+    try:
+        from .broadcast.broadcaster import Broadcaster
+    except ImportError as exc:  # aiortc (the RTP payloaders) needs Python >= 3.11
+        raise ConfigError(f"--janus: the broadcast needs {exc.name}, which is not installed") from None
+    return Broadcaster(encoders[config.janus_video_codec], config.janus, admin_key=config.janus_admin_key,
+                       mountpoint=config.janus_mountpoint, pin=config.janus_pin)
+
+
 def main(config: Config, tls=None) -> None:
     """Run the daemon until it stops: in this thread, or in a worker thread when a window is wanted.
 
@@ -129,16 +154,17 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup(), tls
     fanout = FanOut(lambda: renderer.generation)
     vision = make_vision(config, brain, events, inputs)
     local = make_local_parts(config, setup, renderer, window)
-    server = encoder = None
+    encoders = make_encoders(config, fanout)
+    server = None
     if config.server:
-        from .media.encoder import MediaEncoder
         from .server.websocket import WsServer
-        encoder = MediaEncoder(fanout, codec=config.webrtc_codec)  # encoded once for every WebRTC viewer
-        server = WsServer(config, fanout, registry, encoder, tls)
+        server = WsServer(config, fanout, registry, encoders[config.webrtc_codec], tls)
     front_ends = (server,) if server is not None else ()
-    media_sinks = (encoder,) if encoder is not None else ()
+    broadcaster = make_broadcast(config, encoders)  # with --janus
+    broadcast = (broadcaster,) if broadcaster is not None else ()
     hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
-              sinks=front_ends + media_sinks + local.sinks, front_ends=front_ends, local_parts=local.all,
+              sinks=front_ends + tuple(encoders.values()) + local.sinks, front_ends=front_ends + broadcast,
+              local_parts=local.all,
               audio_file=local.audio_file, vision=vision, camera_device=local.camera, greeting=config.greet)
     metrics.bind(registry, hub.status)
 
@@ -156,11 +182,13 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup(), tls
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub)
-        if encoder is not None:
+        for encoder in encoders.values():
             await nursery.start(encoder.run, renderer.fps)
         if server is not None:
             await nursery.start(server.serve, hub)
         await start_local_parts(nursery, local, hub, fanout)
+        if broadcaster is not None:
+            await nursery.start(broadcaster.run)
         nursery.start_soon(sd_notify.watchdog, lambda: renderer.frames_rendered > 0)
         sd_notify.notify("READY=1")
         events.publish("status", status="listening")

@@ -18,6 +18,7 @@ from .config import (
     DEFAULT_GCP_LOCATION,
     DEFAULT_GEMINI_MODEL,
     DEFAULT_INSTRUCTIONS,
+    DEFAULT_MOUNTPOINT,
     LOG_FORMATS,
     LOG_LEVELS,
     RENDERERS,
@@ -109,10 +110,21 @@ OPTIONS = [
     ("--greet", ["AVATARD_GREET"], dict(help="Say TEXT with a wave when someone arrives; 'model' lets Gemini greet in its own words.")),
     ("--greet-after", ["AVATARD_GREET_AFTER"], dict(type=float, default=30.0, show_default=True,
                                                    help="Greet only when the scene was empty this many seconds before.")),
+    ("--janus", ["AVATARD_JANUS"], dict(multiple=True, help="Broadcast to this Janus server's HTTP API, e.g. "
+                                                           "http://127.0.0.1:8088/janus (repeatable: one per server; "
+                                                           "the variable takes a space-separated list).")),
+    ("--janus-admin-key", ["AVATARD_JANUS_ADMIN_KEY"], dict(help="The streaming plugin's admin_key, needed to create "
+                                                                 "the mountpoint (never logged).")),
+    ("--janus-mountpoint", ["AVATARD_JANUS_MOUNTPOINT"], dict(type=int, default=DEFAULT_MOUNTPOINT, show_default=True,
+                                                              help="Id of the mountpoint avatard keeps on every Janus server.")),
+    ("--janus-video-codec", ["AVATARD_JANUS_VIDEO_CODEC"], dict(type=click.Choice(VIDEO_CODECS), default="vp8",
+                                                                show_default=True, help="Video codec of the broadcast.")),
+    ("--janus-pin", ["AVATARD_JANUS_PIN"], dict(help="PIN viewers must give to watch the broadcast (never logged).")),
     ("--log-level", ["AVATARD_LOG_LEVEL"], dict(type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="Log level.")),
     ("--log-format", ["AVATARD_LOG_FORMAT"], dict(type=click.Choice(LOG_FORMATS), default="text", show_default=True, help="Log format.")),
 ]
-SECRET_PARAMS = {"api_secret", "gemini_api_key", "token", "viewer_token", "turn_password"}
+SECRET_PARAMS = {"api_secret", "gemini_api_key", "token", "viewer_token", "turn_password", "janus_admin_key",
+                 "janus_pin"}
 
 
 def _decorate(func):
@@ -156,6 +168,7 @@ def build_config(params: dict) -> Config:
     params["control_socket"] = params["control_socket"] or default_control_socket()
     params["allow_origin"] = tuple(params["allow_origin"])
     params["ice_server"] = tuple(params["ice_server"])
+    params["janus"] = tuple(params["janus"])
     if params["token_file"] is not None:
         if params["token"] is not None:
             raise ConfigError("--token-file: give either --token (AVATARD_TOKEN) or --token-file, not both")
@@ -194,7 +207,8 @@ def command(ctx: click.Context, env_file: str | None, **params) -> None:
     config = build_config(params)
     from . import logs
     logs.setup(config.log_level, config.log_format, [config.api_secret, config.gemini_api_key, config.token,
-                                                     config.viewer_token, config.turn_password])
+                                                     config.viewer_token, config.turn_password, config.janus_admin_key,
+                                                     config.janus_pin])
     tls = load_tls(config)
     from . import app
     app.main(config, tls)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -52,6 +53,10 @@ MAX_FRAME_SIDE = 4096
 ICE_URL_RE = re.compile(r"(stuns?|turns?):(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(\?transport=(udp|tcp))?")
 # 16 kHz audio must split into whole samples per frame: fps must divide RATE.
 MAX_FPS = 60
+# Janus's streaming plugin takes numeric mountpoint ids (string_ids off, the default); JSON numbers beyond
+# 2^53 lose precision in the viewer page's JavaScript.
+MAX_MOUNTPOINT = 2 ** 53 - 1
+DEFAULT_MOUNTPOINT = 8765  # clear of the ids in Janus's sample configuration (1, 2, 3, 123)
 
 
 def _path_exists(flag: str):
@@ -88,6 +93,21 @@ def _record_path(instance, attribute, value):
     directory = os.path.dirname(os.path.abspath(value))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise ConfigError(f"--record: cannot write to directory {directory}")
+
+
+def _janus_urls(instance, attribute, value):
+    for url in value:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--janus: {url!r} is not an http(s) URL of Janus's API (e.g. http://127.0.0.1:8088/janus)")
+        try:
+            unspecified = ipaddress.ip_address(parts.hostname).is_unspecified
+        except ValueError:
+            unspecified = False  # a host name
+        if unspecified:  # the mountpoint's RTP input binds to this address: 0.0.0.0 would be every interface
+            raise ConfigError(f"--janus: {url!r}: name the Janus machine's own address, not {parts.hostname}")
+    if len(set(value)) != len(value):
+        raise ConfigError("--janus: the same server is given twice")
 
 
 def _voice(instance, attribute, value):
@@ -204,6 +224,13 @@ class Config:
     camera_fps: float = attrs.field(default=MAX_CAMERA_FPS, converter=float, validator=_camera_fps)
     greet: str | None = attrs.field(default=None, validator=_greet)
     greet_after: float = attrs.field(default=30.0, converter=float, validator=_in_range("--greet-after", 0, MAX_GREET_AFTER))
+
+    # The broadcast through Janus servers (avatard.broadcast).
+    janus: tuple[str, ...] = attrs.field(default=(), validator=_janus_urls)
+    janus_admin_key: str | None = attrs.field(default=None, repr=False)
+    janus_mountpoint: int = attrs.field(default=DEFAULT_MOUNTPOINT, validator=_in_range("--janus-mountpoint", 1, MAX_MOUNTPOINT))
+    janus_video_codec: str = attrs.field(default="vp8", validator=_one_of("--janus-video-codec", VIDEO_CODECS))
+    janus_pin: str | None = attrs.field(default=None, repr=False)  # viewers must give it to watch
 
     def __attrs_post_init__(self) -> None:
         if self.renderer == "bithuman" and not (self.model and self.api_secret):

@@ -77,3 +77,17 @@ class DetectorUnavailable(AvatardError):
 
 class BrainFailed(AvatardError):
     """The brain cannot work until the operator changes something (credentials, model, setup); not retried."""
+
+
+class JanusError(AvatardError):
+    """A Janus server refused a request or answered something unexpected; ``code`` is Janus's error code
+    (0 when the reply itself was malformed). Never carries the admin key."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"janus error {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class JanusUnreachable(AvatardError):
+    """A Janus server did not answer (refused, timed out, not HTTP); retried with backoff."""

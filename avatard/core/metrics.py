@@ -37,6 +37,32 @@ PRESENCE_COUNTERS = {
 }
 
 
+# Per Janus server, from status()["janus"] when the daemon broadcasts (avatard.broadcast).
+JANUS_COUNTERS = {
+    "packets_sent": ("avatard_janus_packets_sent", "RTP packets sent to a Janus server."),
+    "packets_dropped": ("avatard_janus_packets_dropped", "RTP packets not sent to a Janus server (away, no mountpoint yet, or its queue full)."),
+    "recreations": ("avatard_janus_recreations", "Times the mountpoint was re-created on a Janus server (after it restarted)."),
+}
+
+
+def _janus(servers: list[dict]):
+    labels = ["server", "url"]
+    connected = GaugeMetricFamily("avatard_janus_connected", "1 while our mountpoint exists on the Janus server.", labels=labels)
+    for server in servers:
+        connected.add_metric([server["name"], server["url"]], int(server["connected"]))
+    yield connected
+    mountpoint = GaugeMetricFamily("avatard_janus_mountpoint", "Id of our mountpoint on the Janus server (0 while it has none).",
+                                   labels=labels)
+    for server in servers:
+        mountpoint.add_metric([server["name"], server["url"]], server["mountpoint"] or 0)
+    yield mountpoint
+    for key, (name, doc) in JANUS_COUNTERS.items():
+        family = CounterMetricFamily(name, doc, labels=labels)
+        for server in servers:
+            family.add_metric([server["name"], server["url"]], server[key])
+        yield family
+
+
 # status()["client_list"][i]["webrtc"] key -> (metric name, help), and the factor to base units.
 VIEWER_GAUGES = (
     ("bitrate_kbps", "avatard_viewer_bitrate_bps", "Bits per second sent to a WebRTC viewer (audio + video)."),
@@ -82,6 +108,7 @@ class StatusCollector:
             yield GaugeMetricFamily("avatard_presence_faces", "Faces in view now (0 when nobody is there).",
                                     value=presence["faces"])
         yield from _tls_metrics(status.get("tls"))
+        yield from _janus(status.get("janus") or [])
         brain = GaugeMetricFamily("avatard_brain_connected", "1 while the brain is connected.", labels=["brain"])
         brain.add_metric([status["brain"]], int(status["brain_state"] == "connected"))
         yield brain

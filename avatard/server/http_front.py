@@ -113,9 +113,13 @@ def handshake_problem(head: RequestHead) -> tuple[int, str, tuple] | None:
     return None
 
 
+# Paths that name a page rather than a file: the talking page, and /watch, the broadcast through Janus.
+PAGES = {"/": "index.html", "/watch": "watch.html"}
+
+
 def static_file(path: str) -> tuple[bytes, str] | None:
     """The page's files, from the package (``/`` is ``index.html``); None for anything else."""
-    name = "index.html" if path in ("/", "/index.html") else path.lstrip("/")
+    name = PAGES.get(path) or path.lstrip("/")
     if not name or "/" in name or name.startswith("."):
         return None
     resource = STATIC_DIR / name
