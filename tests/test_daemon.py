@@ -46,12 +46,13 @@ def test_say_speaks_with_a_moving_mouth(daemon):
     idle = [f for f in frames if not f["speaking"]]
     assert all(f["rms"] == 0 for f in idle)
     # one frame per 1/25 s: consecutive indices and presentation times 40 ms apart, except the one short
-    # interval where speech started while idle (the clock re-phases so the first word does not wait)
+    # interval where speech started while idle (the clock re-phases so the first word does not wait; right
+    # after a regular tick, that interval can be far shorter than the 5 ms between two re-phased ticks)
     indices = [f["index"] for f in frames]
     assert indices == list(range(indices[0], indices[0] + len(indices)))
     steps = np.diff([f["pts"] for f in frames])
     regular = np.isclose(steps, 0.04, atol=1e-6)
-    assert (~regular).sum() <= 1 and (steps[~regular] >= 0.005 - 1e-6).all() and (steps[~regular] < 0.04).all()
+    assert (~regular).sum() <= 1 and (steps[~regular] > 0).all() and (steps[~regular] < 0.04).all()
     said = [e for e in events if e["event"] == "transcription"]
     assert said and said[0]["role"] == "assistant" and "built in avatar" in said[0]["text"]
 
