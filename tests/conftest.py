@@ -12,7 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 READY_TIMEOUT = 20.0
 
@@ -157,3 +159,19 @@ def daemon_factory(tmp):
 @pytest.fixture
 def daemon(daemon_factory) -> Daemon:
     return daemon_factory()
+
+
+# The fake microphone of the browser tests (Chromium loops the file): one phrase, then a pause long enough for
+# the daemon's end-of-utterance detector.
+MIC_PHRASE = "Hello avatar, can you hear me?"
+MIC_PAUSE_S = 1.5
+
+
+@pytest.fixture(scope="module")
+def mic_wav(tmp_path_factory) -> Path:
+    from avatard.brains import tts
+    from avatard.constants import RATE
+    voice = tts.synthesize(MIC_PHRASE)
+    path = tmp_path_factory.mktemp("mic") / "mic.wav"
+    sf.write(path, np.concatenate([voice, np.zeros(int(MIC_PAUSE_S * RATE), np.int16)]), RATE, subtype="PCM_16")
+    return path

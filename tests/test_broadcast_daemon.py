@@ -25,8 +25,8 @@ from janus_server import JanusServer, entered
 from janus_viewer import ViewerPool
 from netns import Network
 from playwright.sync_api import sync_playwright
+from test_browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
 ADMIN_KEY = "janus-admin-k3y-never-logged"
 PIN = "viewer-pin-x7q"
 MOUNTPOINT = 5151
@@ -106,10 +106,9 @@ def test_chromium_watches_the_broadcast_and_comes_back_after_janus_restarts(net,
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=client.wrap(CHROMIUM, tmp), env=env, args=[
-            "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required",
+            *CHROMIUM_ARGS,
             # Chromium would hide its host candidates behind mDNS names, which nothing here resolves.
             "--disable-features=WebRtcHideLocalIpsWithMdns",
-            "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync",
         ])
         try:
             page = browser.new_page()

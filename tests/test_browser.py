@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import soundfile as sf
+from conftest import MIC_PAUSE_S, MIC_PHRASE
 from gemini_live_server import GeminiLiveTestServer
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from skimage import data as skdata
@@ -33,10 +33,13 @@ from skimage import data as skdata
 from avatard.brains import tts
 
 CHROMIUM = "/usr/bin/chromium"
+# What every test Chromium gets: no sandbox (we run as root), no GPU, media that plays without a gesture,
+# and none of its background traffic (this machine's closed network refuses it, many connections at a time).
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync")
 SERVER = ("--server", "--host", "127.0.0.1", "--port", "0")
 RATE = 16000
-MIC_PHRASE = "Hello avatar, can you hear me?"
-MIC_PAUSE_S = 1.5  # silence after the phrase: long enough for the daemon's end-of-utterance detector
+
 WAIT_MS = 10_000  # any single expected event; the daemon answers within a second or two
 LOUD = 1000  # PCM16 peak above which a chunk is speech rather than idle silence (which is exact zeros)
 GEMINI_ENV = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}  # the Live test server
@@ -87,15 +90,6 @@ RECORDER_JS = """
 
 
 @pytest.fixture(scope="module")
-def mic_wav(tmp_path_factory) -> Path:
-    """The fake microphone: one phrase, then a pause. Chromium loops the file."""
-    voice = tts.synthesize(MIC_PHRASE)
-    path = tmp_path_factory.mktemp("mic") / "mic.wav"
-    sf.write(path, np.concatenate([voice, np.zeros(int(MIC_PAUSE_S * RATE), np.int16)]), RATE, subtype="PCM_16")
-    return path
-
-
-@pytest.fixture(scope="module")
 def camera_y4m(tmp_path_factory) -> Path:
     """The fake camera: a real face (``skimage.data.astronaut()``, public domain), 10 s of Y4M. Chromium loops it."""
     picture = cv2.resize(cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), (640, 480))
@@ -118,17 +112,11 @@ def browser(mic_wav, camera_y4m, tmp_path_factory) -> Browser:
            "XDG_CACHE_HOME": str(home / ".cache")}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, env=env, args=[
-            "--no-sandbox",
+            *CHROMIUM_ARGS,
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={mic_wav}",
             f"--use-file-for-fake-video-capture={camera_y4m}",
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--disable-sync",
         ])
         yield browser
         browser.close()

@@ -18,7 +18,7 @@ import re
 import pytest
 from cryptography.hazmat.primitives import serialization
 from playwright.sync_api import Browser, Error, expect, sync_playwright
-from test_browser import CHROMIUM, WAIT_MS
+from test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
 
 from avatard.tls import certificate, self_signed
 
@@ -49,17 +49,11 @@ def browser(state, tmp_path_factory) -> Browser:
            "XDG_CACHE_HOME": str(home / ".cache")}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, env=env, args=[
-            "--no-sandbox",
+            *CHROMIUM_ARGS,
             f"--host-resolver-rules=MAP {NAME} 127.0.0.1",
             f"--ignore-certificate-errors-spki-list={spki_pin(state / self_signed.CERT_FILE)}",
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",  # a beeping microphone
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--disable-sync",
         ])
         yield browser
         browser.close()

@@ -27,21 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 from conftest import start_daemon
 from netns import Network
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from test_browser import CHROMIUM, CHROMIUM_ARGS
 from test_tls_browser import NAME, spki_pin
 
-from avatard.brains import tts
 from avatard.tls import self_signed
 
-CHROMIUM = "/usr/bin/chromium"
-RATE = 16000
-MIC_PHRASE = "Hello avatar, can you hear me?"
-MIC_PAUSE_S = 1.5
 WAIT_MS = 15_000
 TOKEN = "webrtc-test-token"
 PORT = 8765  # inside the server namespace: nothing else listens there
@@ -74,14 +68,6 @@ def net():
 
 
 @pytest.fixture(scope="module")
-def mic_wav(tmp_path_factory) -> Path:
-    voice = tts.synthesize(MIC_PHRASE)
-    path = tmp_path_factory.mktemp("mic") / "mic.wav"
-    sf.write(path, np.concatenate([voice, np.zeros(int(MIC_PAUSE_S * RATE), np.int16)]), RATE, subtype="PCM_16")
-    return path
-
-
-@pytest.fixture(scope="module")
 def state(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("state")
 
@@ -111,7 +97,7 @@ def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path, pin: 
     home.mkdir(exist_ok=True)
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
     return playwright.chromium.launch(executable_path=client.wrap(CHROMIUM, tmp), env=env, args=[
-        "--no-sandbox",
+        *CHROMIUM_ARGS,
         "--disable-features=WebRtcHideLocalIpsWithMdns",
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
@@ -119,12 +105,6 @@ def launch(playwright, net: Network, index: int, mic_wav: Path, tmp: Path, pin: 
         f"--host-resolver-rules=MAP {NAME} {client.server_address}",
         f"--ignore-certificate-errors-spki-list={pin}",
         "--unsafely-treat-insecure-origin-as-secure=" + ",".join(f"http://{client.server_address}:{PORT + i}" for i in (1, 2)),
-        "--autoplay-policy=no-user-gesture-required",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-sync",
     ])
 
 
