@@ -37,6 +37,7 @@ BRAINS = ("auto", "gemini", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 BARGE_IN = ("auto", "on", "off")
+AEC = ("auto", "on", "off")
 # Frame sizes beyond this are not an avatar on an edge box; the limit keeps a typo from allocating gigabytes.
 MAX_FRAME_SIDE = 4096
 # 16 kHz audio must split into whole samples per frame: fps must divide RATE.
@@ -124,6 +125,8 @@ class Config:
     input_device: str | None = None
     output_device: str | None = None
     barge_in: str = attrs.field(default="auto", validator=_one_of("--barge-in", BARGE_IN))
+    aec: str = attrs.field(default="auto", validator=_one_of("--aec", AEC))
+    aec_ns: bool = False
     record: str | None = attrs.field(default=None, validator=_record_path)
     # Added by avatard.
     renderer: str = attrs.field(default="auto", validator=_one_of("--renderer", RENDERERS))
@@ -160,6 +163,8 @@ class Config:
                               "or --vertex with --gcp-project")
         if self.gemini_base_url is not None and not self.gemini_base_url.startswith(("https://", "http://")):
             raise ConfigError(f"--gemini-base-url: {self.gemini_base_url!r} is not an http(s) URL")
+        if self.aec == "on" and not (self.wants_speaker and self.wants_microphone):
+            raise ConfigError("--aec: on needs local mode's speaker and microphone (not --server, not --audio-file)")
         if self.audio_file is not None and not os.access(self.audio_file, os.R_OK):
             raise ConfigError(f"--audio-file: cannot read {self.audio_file}")
 
@@ -196,6 +201,11 @@ class Config:
         return not self.server and self.audio_file is None
 
     @property
-    def barge_in_enabled(self) -> bool:
-        """``auto``: off when our own speaker plays the avatar (open speakers echo into the microphone)."""
-        return self.barge_in == "on" or (self.barge_in == "auto" and not self.wants_speaker)
+    def aec_wanted(self) -> bool:
+        """``auto``: on whenever our own speaker plays the avatar and our microphone listens (the room echoes)."""
+        return self.aec == "on" or (self.aec == "auto" and self.wants_speaker and self.wants_microphone)
+
+    def barge_in_enabled(self, aec: bool) -> bool:
+        """``auto``: off when our own speaker plays the avatar (open speakers echo into the microphone),
+        unless the echo canceller runs (``aec``: decided at start-up, see ``avatard.local.setup``)."""
+        return self.barge_in == "on" or (self.barge_in == "auto" and (not self.wants_speaker or aec))

@@ -5,10 +5,15 @@ PortAudio reaches PulseAudio through ALSA's "pulse" plugin (libasound2-plugins),
 desktop; the daemon is pointed at our server with ``PULSE_SERVER``. Sound the daemon plays lands in the
 ``avatard_speaker`` null sink, whose monitor we record with ``parec``; sound we ``paplay`` into the
 ``avatard_mic_feed`` null sink comes out of its monitor, remapped as the default source ``avatard_mic``.
+
+:meth:`Pulse.room` adds the room of a kiosk: the speaker sink's monitor looped (``module-loopback``) into
+the microphone's feed, so the microphone hears the avatar some tens of milliseconds late, while a
+"visitor" still talks straight into the feed with :meth:`Pulse.talk`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -74,6 +79,21 @@ class Pulse:
     def play(self, path: Path) -> None:
         """Speak ``path`` into the microphone (blocks until played)."""
         subprocess.run(["paplay", "-d", MIC_FEED_SINK, str(path)], env=self.client_env(), check=True, timeout=60)
+
+    def talk(self, path: Path) -> subprocess.Popen:
+        """Start speaking ``path`` into the microphone and return at once (the caller waits for it)."""
+        return subprocess.Popen(["paplay", "-d", MIC_FEED_SINK, "--latency-msec=20", str(path)], env=self.client_env())
+
+    @contextlib.contextmanager
+    def room(self, latency_ms: int):
+        """While inside, the microphone also hears the speaker, ``latency_ms`` later (the loopback's own buffer)."""
+        loaded = subprocess.run(["pactl", "load-module", "module-loopback", f"source={SPEAKER_SINK}.monitor",
+                                 f"sink={MIC_FEED_SINK}", f"latency_msec={latency_ms}", "source_dont_move=true",
+                                 "sink_dont_move=true"], env=self.client_env(), capture_output=True, text=True, check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["pactl", "unload-module", loaded.stdout.strip()], env=self.client_env(), check=True)
 
     def listen(self) -> Monitor:
         return Monitor(self.client_env())

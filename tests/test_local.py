@@ -20,6 +20,9 @@ from localenv import Pulse, Xvfb, developed, loud, speech_seconds
 from avatard.brains import tts, voice
 from avatard.errors import ConfigError
 from avatard.local import audio_file, recorder, window
+from avatard.local.barge_in import ONSET_LOUD_FRAMES, SpeechOnset
+from avatard.local.echo_canceller import EchoCanceller, ReferenceTap
+from avatard.local.echo_meter import FRAME, EchoMeter
 from avatard.local.microphone import HANDOFF_BLOCKS, Microphone
 from avatard.local.speaker import SampleRing
 from avatard.renderers import face
@@ -226,6 +229,55 @@ def test_sample_ring_trims_a_lasting_backlog_down_to_the_margin():
     assert ring.queued == 320 and ring.underruns == 0, "it now runs on the margin, not on the backlog"
 
 
+def speech_like(frames: int, seed: int) -> np.ndarray:
+    """Noise shaped like speech at 10 ms resolution: 80-300 ms bursts at -35..-15 dBFS with pauses between."""
+    rng = np.random.default_rng(seed)
+    levels = np.zeros(frames)
+    at = 0
+    while at < frames:
+        burst = int(rng.integers(8, 30))
+        levels[at:at + burst] = 10 ** (rng.uniform(-35, -15) / 20) * 32768
+        at += burst + int(rng.integers(3, 20))
+    return (rng.standard_normal((frames, FRAME)) * levels[:, None]).astype(np.int16)
+
+
+def test_echo_meter_finds_the_delay_gain_and_erle_and_tells_a_visitor_from_the_echo():
+    reference = speech_like(900, seed=1)
+    delay = 15  # frames: 150 ms from the speaker's tap to the microphone
+    echo = np.concatenate([np.zeros((delay, FRAME), np.int16), (reference[:-delay] * 0.7).astype(np.int16)])
+    visitor = np.zeros_like(echo)
+    visitor[700:] = speech_like(200, seed=2)[:, :] * 1.4  # talks over the avatar, a little louder than its echo
+    meter = EchoMeter()
+    near_end = []
+    for index, (ref, mic, voice_) in enumerate(zip(reference, echo, visitor)):
+        meter.reference(ref)
+        before = (mic.astype(np.int32) + voice_).clip(-32768, 32767).astype(np.int16)
+        after = (mic * 0.03 + voice_).astype(np.int16)  # a canceller with ~30 dB of ERLE
+        near_end.append(meter.frame(before, after))
+        if index == 699:
+            assert meter.delay_ms == pytest.approx(150, abs=10)
+            assert meter.gain_db == pytest.approx(20 * np.log10(0.7), abs=1.5)
+            assert meter.erle_db == pytest.approx(30.5, abs=1)
+    near_end = np.array(near_end)
+    assert meter.delay_ms == pytest.approx(150, abs=10), "a visitor talking does not move the delay"
+    assert meter.gain_db == pytest.approx(20 * np.log10(0.7), abs=1.5), "nor the gain"
+    talking = np.array([np.abs(v).max() > 0 for v in visitor])
+    assert near_end[300:700].mean() < 0.02, "echo alone is not taken for a visitor"
+    assert near_end[700:][talking[700:]].mean() > 0.4, "a visitor over the echo is heard"
+
+
+def test_speech_onset_judges_who_was_talking():
+    loud_frame, quiet_frame = np.full(FRAME, 3000, np.int16), np.zeros(FRAME, np.int16)
+    onset = SpeechOnset()
+    assert onset.feed(np.concatenate([quiet_frame] * 20), np.zeros(20, bool)) is None
+    frames = np.concatenate([loud_frame] * ONSET_LOUD_FRAMES)
+    assert onset.feed(frames[:-FRAME], np.zeros(ONSET_LOUD_FRAMES - 1, bool)) is None
+    echo = onset.feed(frames[-FRAME:], np.zeros(1, bool))
+    assert echo is not None and echo.self_interrupt, "loud, but all of it the avatar's echo"
+    visitor = onset.feed(frames, np.arange(ONSET_LOUD_FRAMES) % 2 == 0)
+    assert visitor is not None and not visitor.self_interrupt
+
+
 def test_window_slot_shows_each_picture_when_due():
     slot = window._FrameSlot()
     now = time.monotonic()
@@ -258,7 +310,8 @@ async def test_microphone_handoff_never_blocks_and_drops_the_oldest():
             self.received.append(samples)
 
     hub = Hub()
-    mic = Microphone(Choice(), barge_in=True)
+    mic = Microphone(Choice(), EchoCanceller(ReferenceTap(16000), None, noise_suppression=False), barge_in=True,
+                     interrupts=False)
     mic._hub = hub
     mic._token = trio.lowlevel.current_trio_token()
     blocks = 2 * HANDOFF_BLOCKS + 10

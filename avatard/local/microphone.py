@@ -1,17 +1,20 @@
 """Local mode's microphone: a PortAudio input stream feeding ``hub.user_audio(..., "microphone")``.
 
-PortAudio calls us on its own thread every 20 ms. That thread must never wait, so the callback appends
-the block to a bounded deque and, if no wake-up is pending yet, asks trio (``run_sync_soon``) to wake
-the forwarding task. When trio falls :data:`HANDOFF_BLOCKS` behind, the oldest block is dropped (and
-counted): for live speech the newest audio is the one worth keeping. The forwarding task converts to
-16 kHz mono if the device could not do that itself, and hands the audio to the brain, waiting when the
+PortAudio calls us on its own thread every 20 ms. That thread must never wait on trio. It converts the
+block to 16 kHz mono (if the device could not do that itself) and runs it through the echo canceller
+(:mod:`avatard.local.echo_canceller`: the avatar's voice removed, near-end speech flagged), so nothing
+else ever sees the raw microphone. It then appends the result to a bounded deque and, if no wake-up is
+pending yet, asks trio (``run_sync_soon``) to wake the forwarding task. When trio falls
+:data:`HANDOFF_BLOCKS` behind, the oldest block is dropped (and counted): for live speech the newest
+audio is the one worth keeping. The forwarding task hands the audio to the brain, waiting when the
 brain's queue is full (that wait is what lets the deque fill up).
 
-Barge-in (``--barge-in``): with ``on`` the user can talk over the avatar, and the brain hears it (Gemini
-then interrupts itself). With ``off`` the microphone is gated while the avatar speaks and for
-:data:`ECHO_TAIL_SECONDS` after: blocks are discarded (counted), so the avatar's own voice coming out of
-open speakers is not taken for the user. ``auto`` is ``off`` when this daemon drives a speaker (local
-mode) and ``on`` otherwise; use ``on`` with headphones or a speakerphone that cancels echo.
+Barge-in (``--barge-in``): with ``on`` the user can talk over the avatar, and the brain hears it. Gemini
+then interrupts itself; for the offline brain, which cannot, the microphone does (``interrupts``): a
+speech onset while the avatar speaks (:mod:`avatard.local.barge_in`) calls ``hub.interrupt``. With
+``off`` the microphone is gated while the avatar speaks and for :data:`ECHO_TAIL_SECONDS` after: blocks
+are discarded (counted), so the avatar's own voice coming out of open speakers is not taken for the
+user. ``auto`` is ``on`` unless this daemon drives a speaker without echo cancellation (``--aec off``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from ..constants import RATE
 from ..core.audio import StreamResampler, downmix
 from ..errors import ConfigError
 from . import devices
+from .barge_in import SpeechOnset
+from .echo_canceller import EchoCanceller
 
 logger = logging.getLogger("avatard.microphone")
 
@@ -41,11 +46,15 @@ ECHO_TAIL_SECONDS = 0.3
 class Microphone:
     name = "microphone"
 
-    def __init__(self, choice: devices.Choice, *, barge_in: bool) -> None:
+    def __init__(self, choice: devices.Choice, canceller: EchoCanceller, *, barge_in: bool, interrupts: bool) -> None:
         self.choice = choice
+        self._canceller = canceller  # used on PortAudio's thread only
         self._hub = None  # the hub, given to run()
         self.barge_in = barge_in
-        self._blocks: collections.deque[np.ndarray] = collections.deque()
+        self.interrupts = interrupts  # barge-in interrupts the avatar here (the brain has no barge-in of its own)
+        self._onset = SpeechOnset()
+        # (16 kHz samples with the echo removed, near-end flag per 10 ms frame) waiting for trio
+        self._blocks: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
         self._lock = threading.Lock()
         self._wake_pending = False
         self._ready = trio.Event()
@@ -55,16 +64,20 @@ class Microphone:
         self.blocks_captured = 0
         self.blocks_dropped = 0  # trio fell HANDOFF_BLOCKS behind: the oldest went
         self.blocks_gated = 0  # discarded while the avatar spoke (barge-in off)
+        self.barge_ins = 0  # interrupts this microphone made
+        self.self_interrupts = 0  # ... of which nobody but the avatar was talking (judged before cancellation)
         self.device_overflows = 0  # PortAudio's own report: we were late reading the card
 
     async def run(self, hub, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Capture and forward to ``hub.user_audio`` until cancelled; ``started()`` once the stream runs."""
         self._hub = hub
         self._token = trio.lowlevel.current_trio_token()
+        self._canceller.start()
         stream = await trio.to_thread.run_sync(self._open)
         try:
-            logger.info("microphone: %s (%d Hz, %d ch), barge-in %s", self.choice.name, self.choice.rate,
-                        self.choice.channels, "on" if self.barge_in else "off")
+            logger.info("microphone: %s (%d Hz, %d ch), barge-in %s, echo cancellation %s", self.choice.name,
+                        self.choice.rate, self.choice.channels, "on" if self.barge_in else "off",
+                        "on" if self._canceller.status()["aec"] else "off")
             task_status.started()
             await self._forward()
         finally:
@@ -84,10 +97,10 @@ class Microphone:
         return stream
 
     def _callback(self, indata: np.ndarray, frames: int, time_info, status) -> None:
-        # PortAudio's thread: copy, append, maybe schedule one wake-up; never wait on trio.
+        # PortAudio's thread: convert, cancel the echo, append, maybe schedule one wake-up; never wait on trio.
         if status.input_overflow:
             self.device_overflows += 1
-        block = indata.copy()
+        block = self._canceller.process(self._resampler.process(downmix(indata)))
         with self._lock:
             self.blocks_captured += 1
             if len(self._blocks) >= HANDOFF_BLOCKS:
@@ -121,9 +134,25 @@ class Microphone:
             if self._gated():
                 self.blocks_gated += len(blocks)
                 continue
-            samples = self._resampler.process(downmix(np.concatenate(blocks)))
+            samples = np.concatenate([samples for samples, _ in blocks])
+            if self.interrupts:
+                self._watch_for_barge_in(samples, np.concatenate([near_end for _, near_end in blocks]))
             if len(samples):
                 await self._hub.user_audio(samples, "microphone")
+
+    def _watch_for_barge_in(self, samples: np.ndarray, near_end: np.ndarray) -> None:
+        if not self._hub.speaking:
+            self._onset.reset()
+            return
+        onset = self._onset.feed(samples, near_end)
+        if onset is None:
+            return
+        self.barge_ins += 1
+        if onset.self_interrupt:
+            self.self_interrupts += 1
+            logger.warning("barge-in with nobody but the avatar talking (%.0f %% near-end): a self-interrupt; "
+                           "echo cancellation: %s", onset.near_end_share * 100, self._canceller.status())
+        self._hub.interrupt(self.name)
 
     def _gated(self) -> bool:
         if self.barge_in:
@@ -137,4 +166,5 @@ class Microphone:
     def status(self) -> dict:
         return {"device": self.choice.name, "rate": self.choice.rate, "barge_in": self.barge_in,
                 "blocks_captured": self.blocks_captured, "blocks_dropped": self.blocks_dropped,
-                "blocks_gated": self.blocks_gated, "device_overflows": self.device_overflows}
+                "blocks_gated": self.blocks_gated, "device_overflows": self.device_overflows,
+                "barge_ins": self.barge_ins, "self_interrupts": self.self_interrupts}
