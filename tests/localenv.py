@@ -95,8 +95,9 @@ class Pulse:
         finally:
             subprocess.run(["pactl", "unload-module", loaded.stdout.strip()], env=self.client_env(), check=True)
 
-    def listen(self) -> Monitor:
-        return Monitor(self.client_env())
+    def listen(self, device: str = f"{SPEAKER_SINK}.monitor") -> Monitor:
+        """Record the speaker (by default) or another source, e.g. :data:`MIC_SOURCE`: what the microphone hears."""
+        return Monitor(self.client_env(), device)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -106,12 +107,12 @@ class Pulse:
 
 
 class Monitor:
-    """Records the speaker sink's monitor; every 10 ms chunk is stamped with its arrival time."""
+    """Records a source (the speaker sink's monitor); every 10 ms chunk is stamped with its arrival time."""
 
     CHUNK = 160  # samples: 10 ms resolution for the timing measurements
 
-    def __init__(self, env: dict) -> None:
-        self._proc = subprocess.Popen(["parec", "-d", f"{SPEAKER_SINK}.monitor", "--format=s16le", f"--rate={RATE}",
+    def __init__(self, env: dict, device: str) -> None:
+        self._proc = subprocess.Popen(["parec", "-d", device, "--format=s16le", f"--rate={RATE}",
                                        "--channels=1", "--latency-msec=10", "--raw"], env=env, stdout=subprocess.PIPE)
         self._chunks: list[tuple[float, np.ndarray]] = []
         self._lock = threading.Lock()
@@ -133,6 +134,15 @@ class Monitor:
     def samples(self, since: float = 0.0) -> np.ndarray:
         chunks = self.chunks(since)
         return np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0, np.int16)
+
+    def arrival(self, sample: int, since: float = 0.0) -> float:
+        """When the chunk holding sample number ``sample`` (counted from ``since``) arrived."""
+        at = 0
+        for stamp, samples in self.chunks(since):
+            at += len(samples)
+            if at > sample:
+                return stamp
+        raise IndexError(f"sample {sample} not recorded yet")
 
     def wait_for(self, predicate, timeout: float, since: float = 0.0) -> float:
         """Arrival time of the first chunk (after ``since``) for which ``predicate(samples)`` holds."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 import trio
-from localenv import Pulse, Xvfb, developed, loud, speech_seconds
+from localenv import MIC_SOURCE, Pulse, Xvfb, developed, loud, speech_seconds
 
 from avatard.brains import tts, voice
 from avatard.errors import ConfigError
@@ -278,6 +278,23 @@ def test_speech_onset_judges_who_was_talking():
     assert visitor is not None and not visitor.self_interrupt
 
 
+def test_metrics_show_the_echo_canceller_and_barge_in():
+    from avatard.core import metrics
+    status = {"clients": 0, "uptime_s": 1.0, "speaking": True, "client_list": [], "brain": "local",
+              "brain_state": "connected",
+              "local_io": {"microphone": {"barge_ins": 3, "self_interrupts": 1},
+                           "echo_canceller": {"aec": True, "delay_ms": 180.0, "erle_db": None, "frames_processed": 500}}}
+    registry = metrics.make_registry()
+    metrics.bind(registry, lambda: status)
+    text = metrics.render(registry).decode()
+    for line in ("avatard_aec_enabled 1.0", "avatard_aec_delay_ms 180.0", "avatard_aec_frames_processed_total 500.0",
+                 "avatard_barge_ins_total 3.0", "avatard_self_interrupts_total 1.0"):
+        assert line in text.splitlines(), line
+    assert "avatard_aec_erle_db" not in text, "not measured yet: no sample rather than a made-up 0"
+    status["local_io"] = {}
+    assert "avatard_aec" not in metrics.render(registry).decode(), "no microphone, no echo canceller figures"
+
+
 def test_window_slot_shows_each_picture_when_due():
     slot = window._FrameSlot()
     now = time.monotonic()
@@ -385,6 +402,19 @@ def test_no_display_is_one_line_and_exit_2(tmp, env, expected):
     assert result.stderr.startswith(expected)
 
 
+@pytest.mark.parametrize("args, env, expected", [
+    (["--aec", "bogus"], {}, "avatard: error: Invalid value for '--aec' (env var: 'AVATARD_AEC'): 'bogus' is not one of"),
+    ([], {"AVATARD_AEC": "loud"}, "avatard: error: Invalid value for '--aec' (env var: 'AVATARD_AEC'): 'loud'"),
+    (["--aec", "on", "--server", "--port", "0"], {},
+     "avatard: error: --aec: on needs local mode's speaker and microphone (not --server, not --audio-file)"),
+])
+def test_bad_aec_values_are_one_line_and_exit_2(tmp, args, env, expected):
+    result = run_avatard(tmp, *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(expected)
+
+
 def test_missing_portaudio_is_one_line_with_the_fix(tmp, xvfb):
     hide_portaudio = ("import ctypes.util, sys; real = ctypes.util.find_library; "
                       "ctypes.util.find_library = lambda name: None if 'portaudio' in name else real(name); "
@@ -475,9 +505,9 @@ def test_interrupt_silences_the_speaker_at_once(local, pulse):
     assert local_io(daemon)["speaker"]["flushed_samples"] > 0
 
 
-@pytest.mark.parametrize("barge_in", ["auto", "on"])
-def test_microphone_feeds_the_brain_and_barge_in_gates_it(local, pulse, speech_wav, tmp, speech, barge_in):
-    daemon = local("--barge-in", barge_in)
+@pytest.mark.parametrize("args, barge_in", [(("--barge-in", "auto", "--aec", "off"), False), (("--barge-in", "on"), True)])
+def test_microphone_feeds_the_brain_and_barge_in_gates_it(local, pulse, speech_wav, tmp, speech, args, barge_in):
+    daemon = local(*args)
     wait_flowing(daemon)
     watcher = daemon.control()
     assert watcher.request("subscribe", events=["status", "transcription"])["ok"]
@@ -499,18 +529,118 @@ def test_microphone_feeds_the_brain_and_barge_in_gates_it(local, pulse, speech_w
     finally:
         monitor.close()
     info = local_io(daemon)["microphone"]
-    print(f"microphone ({barge_in}): {info}")
-    assert info["barge_in"] is (barge_in == "on")
+    print(f"microphone ({args}): {info}")
+    assert info["barge_in"] is barge_in
     assert info["blocks_captured"] > 200 and info["blocks_dropped"] == 0
-    assert speech_seconds(heard) >= 0.8 * speech_seconds(speech), "the avatar echoed the microphone"
     status = daemon.status()
-    if barge_in == "on":
+    if barge_in:
         assert info["blocks_gated"] == 0
         assert status["turns"] == 2, "the user was heard while the avatar spoke"
+        assert info["barge_ins"] == 1 and status["interrupts"] == 1, "and the offline brain's echo was interrupted"
+        assert [e["source"] for e in events if e.get("status") == "interrupted"] == ["microphone"]
     else:
+        assert speech_seconds(heard) >= 0.8 * speech_seconds(speech), "the avatar echoed the microphone"
         assert info["blocks_gated"] >= 50, "the microphone was gated while the avatar spoke"
-        assert status["turns"] == 1
+        assert status["turns"] == 1 and status["interrupts"] == 0
         assert not [e for e in events if e.get("role") == "user"]
+
+
+# -- echo cancellation in a room: the microphone hears the speaker ----------------------------------------
+
+ROOM_LATENCY_MS = 90  # the loopback's delay, within the issue's 60-120 ms; the device buffers add their own
+KIOSK_SECONDS = 60  # the avatar talking with nobody else in the room (the issue's figure)
+TALK_OVER_LIMIT = 0.4  # visitor's speech onset to the avatar interrupted
+
+
+def say_for(daemon, seconds: float) -> None:
+    """Queue enough of LONG_SENTENCE (~15 s each, at espeak's pace) for the avatar to talk ``seconds``."""
+    for _ in range(int(seconds // 12) + 1):
+        assert daemon.ctl("say", LONG_SENTENCE).returncode == 0
+
+
+@pytest.mark.parametrize("aec", ["on", "off"])
+def test_with_echo_cancellation_the_avatar_does_not_interrupt_itself(local, pulse, aec):
+    with pulse.room(ROOM_LATENCY_MS):
+        daemon = local("--barge-in", "on", "--aec", aec)
+        wait_flowing(daemon)
+        watcher = daemon.control()
+        assert watcher.request("subscribe", events=["status"])["ok"]
+        say_for(daemon, KIOSK_SECONDS)
+        watcher.events_until(lambda e: e.get("status") == "speaking", 20)
+        if aec == "off":  # the room leaks: the avatar's own voice soon counts as someone barging in
+            wait_until(lambda: daemon.status()["interrupts"], 20, "the avatar never heard itself")
+            info = local_io(daemon)
+            print(f"without AEC: {info['microphone']} {info['echo_canceller']}")
+            assert info["microphone"]["self_interrupts"] >= 1, "and the judge saw that nobody else talked"
+            assert info["echo_canceller"]["aec"] is False and info["echo_canceller"]["frames_processed"] == 0
+            return
+        deadline = time.monotonic() + KIOSK_SECONDS
+        while time.monotonic() < deadline:
+            status = daemon.status()
+            assert status["interrupts"] == 0, local_io(daemon)
+            assert status["speaking"], "the avatar talks for the whole minute"
+            time.sleep(1.0)
+        status = daemon.status()
+    info = status["local_io"]
+    print(f"with AEC, {KIOSK_SECONDS} s of the avatar talking: {info['microphone']} {info['echo_canceller']}")
+    assert info["microphone"]["barge_ins"] == 0 and info["microphone"]["self_interrupts"] == 0
+    assert status["turns"] == 0, "no residual echo was taken for a visitor's utterance either"
+    canceller = info["echo_canceller"]
+    assert canceller["aec"] is True and canceller["frames_processed"] >= 95 * KIOSK_SECONDS
+    assert canceller["delay_ms"] is not None and ROOM_LATENCY_MS <= canceller["delay_ms"] <= 400
+    assert canceller["erle_db"] >= 20
+
+
+def find(needle: np.ndarray, haystack: np.ndarray) -> int:
+    """Where ``needle``'s waveform starts in ``haystack`` (cross-correlation peak; other sound mixed in is fine)."""
+    size = len(needle) + len(haystack)
+    spectrum = np.fft.rfft(haystack.astype(np.float64), size) * np.conj(np.fft.rfft(needle.astype(np.float64), size))
+    return int(np.argmax(np.fft.irfft(spectrum, size)[:len(haystack)]))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15's 400 ms is not met yet: 435-490 ms measured. AEC3's suppressor "
+                   "mutes the visitor's first ~250 ms of double talk with an echo as loud as the voice, and the "
+                   "binding exposes no EchoCanceller3Config to make it less aggressive")
+def test_a_visitor_talks_over_the_avatar_and_is_heard(local, pulse, tmp):
+    visitor_speech = tts.synthesize("Excuse me, where is the lift to the third floor?")
+    visitor = tmp / "visitor.wav"
+    soundfile.write(visitor, visitor_speech, 16000)
+    voiced = envelope(visitor_speech) > 300
+    first_word = int(np.argmax(voiced)) * 320  # the onset: the first 20 ms of voice in the file
+    with pulse.room(ROOM_LATENCY_MS):
+        daemon = local("--barge-in", "on", "--aec", "on")
+        wait_flowing(daemon)
+        watcher = daemon.control()
+        assert watcher.request("subscribe", events=["status", "transcription"])["ok"]
+        microphone = pulse.listen(MIC_SOURCE)  # what the daemon's microphone hears: the echo, then the visitor too
+        speaker = pulse.listen()
+        try:
+            say_for(daemon, 20)
+            watcher.events_until(lambda e: e.get("status") == "speaking", 20)
+            time.sleep(3.0)  # the canceller converges within the first second or two of the avatar's voice
+            started = time.monotonic()
+            talking = pulse.talk(visitor)
+            watcher.events_until(lambda e: e.get("status") == "interrupted", 5)
+            interrupted = time.monotonic()
+            assert talking.wait(30) == 0
+            user = watcher.events_until(lambda e: e.get("role") == "user", 10)[-1]
+            watcher.events_until(lambda e: e.get("status") == "speaking", 10)
+            watcher.events_until(lambda e: e.get("status") == "listening", 20)
+            time.sleep(0.5)  # the speaker plays a ring and a device buffer behind the renderer
+            echoed = speaker.samples(interrupted + 0.5)
+            heard = microphone.samples(started)
+            onset = microphone.arrival(find(visitor_speech, heard) + first_word, started)
+        finally:
+            microphone.close()
+            speaker.close()
+    info = local_io(daemon)
+    print(f"visitor's onset at the microphone to interrupt: {(interrupted - onset) * 1000:.0f} ms; {info['microphone']} "
+          f"{info['echo_canceller']}; brain got {user['text']}")
+    assert info["microphone"]["barge_ins"] == 1 and info["microphone"]["self_interrupts"] == 0
+    seconds = float(user["text"].strip("[]").split()[0])
+    assert seconds == pytest.approx(len(visitor_speech) / 16000, abs=0.6), "the visitor's utterance, whole"
+    assert best_correlation(envelope(echoed), envelope(visitor_speech)) > 0.8, "the brain got the visitor's words"
+    assert 0 < interrupted - onset < TALK_OVER_LIMIT  # last: the one assertion known to fail (see the xfail)
 
 
 # -- the window -----------------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ from .echo_meter import FRAME, EchoMeter
 # Fuller means the microphone stopped (or has not started): the oldest reference goes (counted); it
 # would only describe echo that is long gone.
 REFERENCE_HANDOFF_BLOCKS = 100
+# AEC3 leaks echo until it has adapted on some of the avatar's voice: the feasibility check measured
+# convergence within 0.5 s of far-end speech; twice that before the microphone is trusted over it.
+CONVERGENCE_FRAMES = 100
 INSTALL_HINT = "pip install aec-audio-processing (Python >= 3.11), or run with --aec off"
 
 
@@ -151,7 +154,12 @@ class EchoCanceller:
             self.meter.reference(frame)
         self._reference = reference[whole:].copy()
 
+    @property
+    def converging(self) -> bool:
+        """AEC on, but not yet adapted: the microphone still carries echo (any thread may ask)."""
+        return self._processor is not None and self.meter.speech_frames < CONVERGENCE_FRAMES
+
     def status(self) -> dict:
-        return {"aec": self._processor is not None, "noise_suppression": self.noise_suppression,
+        return {"aec": self._processor is not None, "converging": self.converging, "noise_suppression": self.noise_suppression,
                 "delay_ms": self.meter.delay_ms, "erle_db": self.meter.erle_db,
                 "frames_processed": self.frames_processed, "reference_dropped": self._tap.dropped}

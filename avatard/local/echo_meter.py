@@ -66,6 +66,7 @@ class EchoMeter:
         size = WINDOW_FRAMES + MAX_DELAY_FRAMES + SPREAD_FRAMES + 100
         self._reference = np.full(size, -120.0)  # reference levels by reference frame number (ring)
         self._references = 0
+        self.speech_frames = 0  # reference frames with the avatar's voice: what the canceller has adapted on
         self._mic_before = np.full(WINDOW_FRAMES, -120.0)  # per microphone frame (ring)
         self._mic_after = np.full(WINDOW_FRAMES, -120.0)
         self._at = np.zeros(WINDOW_FRAMES, dtype=np.int64)  # reference frames given before each microphone frame
@@ -78,8 +79,10 @@ class EchoMeter:
 
     def reference(self, samples: np.ndarray) -> None:
         """One 10 ms frame of what the speaker played."""
-        self._reference[self._references % len(self._reference)] = rms_dbfs(samples)
+        level = rms_dbfs(samples)
+        self._reference[self._references % len(self._reference)] = level
         self._references += 1
+        self.speech_frames += int(level > ACTIVE_DBFS)
 
     def frame(self, before: np.ndarray, after: np.ndarray) -> bool:
         """One 10 ms microphone frame before and after cancellation; returns whether someone else talks in it."""

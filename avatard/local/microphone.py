@@ -15,6 +15,8 @@ speech onset while the avatar speaks (:mod:`avatard.local.barge_in`) calls ``hub
 ``off`` the microphone is gated while the avatar speaks and for :data:`ECHO_TAIL_SECONDS` after: blocks
 are discarded (counted), so the avatar's own voice coming out of open speakers is not taken for the
 user. ``auto`` is ``on`` unless this daemon drives a speaker without echo cancellation (``--aec off``).
+Until the echo canceller has adapted (its first second of the avatar's voice after start-up) the
+microphone is gated as with ``off``: before that it would pass the echo on.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ logger = logging.getLogger("avatard.microphone")
 BLOCK_SECONDS = 0.02  # PortAudio block: the local brain's detector and Gemini both work in 20 ms steps
 # 1 s of blocks waiting for trio. A longer stall means the audio is stale anyway; drop the oldest.
 HANDOFF_BLOCKS = 50
+# PortAudio's suggested input latency: two blocks. sounddevice's default is the device's "high" latency
+# (through ALSA's pulse plugin, hundreds of ms), which would come on top of every barge-in.
+DEVICE_LATENCY = 0.04
 # The speaker plays the last frames a little after the renderer stops speaking (ring + device buffer),
 # and a room reverberates; keep the gate shut this long after so that tail is not heard as the user.
 ECHO_TAIL_SECONDS = 0.3
@@ -63,7 +68,7 @@ class Microphone:
         self._quiet_until = 0.0
         self.blocks_captured = 0
         self.blocks_dropped = 0  # trio fell HANDOFF_BLOCKS behind: the oldest went
-        self.blocks_gated = 0  # discarded while the avatar spoke (barge-in off)
+        self.blocks_gated = 0  # discarded while the avatar spoke (barge-in off, or the canceller still adapting)
         self.barge_ins = 0  # interrupts this microphone made
         self.self_interrupts = 0  # ... of which nobody but the avatar was talking (judged before cancellation)
         self.device_overflows = 0  # PortAudio's own report: we were late reading the card
@@ -90,7 +95,7 @@ class Microphone:
         try:
             stream = sd.InputStream(device=self.choice.index, samplerate=self.choice.rate, channels=self.choice.channels,
                                     dtype="int16", blocksize=int(BLOCK_SECONDS * self.choice.rate),
-                                    callback=self._callback)
+                                    latency=DEVICE_LATENCY, callback=self._callback)
             stream.start()
         except sd.PortAudioError as exc:
             raise ConfigError(f"--input-device: cannot open {self.choice.name!r}: {exc}; {devices.LIST_HINT}") from None
@@ -155,7 +160,7 @@ class Microphone:
         self._hub.interrupt(self.name)
 
     def _gated(self) -> bool:
-        if self.barge_in:
+        if self.barge_in and not self._canceller.converging:
             return False
         now = trio.current_time()
         if self._hub.speaking:
