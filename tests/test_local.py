@@ -505,7 +505,10 @@ def test_interrupt_silences_the_speaker_at_once(local, pulse):
     assert local_io(daemon)["speaker"]["flushed_samples"] > 0
 
 
-@pytest.mark.parametrize("args, barge_in", [(("--barge-in", "auto", "--aec", "off"), False), (("--barge-in", "on"), True)])
+# No room here (the microphone hears only the user): headphones. With --aec on the microphone would be gated
+# for the canceller's first second of the avatar's voice, just when this user talks; the room tests cover that.
+@pytest.mark.parametrize("args, barge_in", [(("--barge-in", "auto", "--aec", "off"), False),
+                                            (("--barge-in", "on", "--aec", "off"), True)])
 def test_microphone_feeds_the_brain_and_barge_in_gates_it(local, pulse, speech_wav, tmp, speech, args, barge_in):
     daemon = local(*args)
     wait_flowing(daemon)
