@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from avatard.constants import MAX_IMAGE_BYTES
 from avatard.paths import default_control_socket
 from avatard.protocol import control as proto
 
@@ -129,6 +130,12 @@ def status(state: State) -> None:
     if reply.get("gemini_model"):
         lines.append(f"model:      {reply['gemini_model']} ({reply.get('gemini_rules')} rules), tokens: "
                      f"{reply.get('prompt_tokens', 0)} prompt, {reply.get('response_tokens', 0)} response")
+    if reply.get("camera"):
+        presence = reply.get("presence") or {}
+        lines.append(f"camera:     {reply['camera']}" + (" (frames going to the model)" if reply.get("camera_to_model") else "")
+                     + f", {reply.get('camera_frames_sent', 0)} sent"
+                     + (f", presence: {presence['faces']} face(s), {presence['arrivals']} arrivals" if presence else "")
+                     + (f", presence off: {reply['presence_unavailable']}" if reply.get("presence_unavailable") else ""))
     if reply.get("server"):
         lines.append(f"server:     {reply['server']}")
     click.echo("\n".join(lines))
@@ -178,6 +185,28 @@ def say(state: State, text: str) -> None:
 def ask(state: State, text: str) -> None:
     """Send TEXT to the brain as a user turn."""
     state.show(state.call("ask", text=text), "asked")
+
+
+@command(cli)
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@pass_state
+def look(state: State, image: str) -> None:
+    """Show the avatar one still IMAGE (JPEG or PNG, at most 512 KiB), e.g. before `avatarctl ask "what is this?"`."""
+    with open(image, "rb") as file:
+        data = file.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise click.BadParameter(f"{image} is over {MAX_IMAGE_BYTES} bytes; scale it to at most 768 px",
+                                 param_hint="IMAGE")
+    state.show(state.call("look", image=base64.b64encode(data).decode()), "sent")
+
+
+@command(cli)
+@click.argument("on_off", metavar="on|off", type=click.Choice(proto.CAMERA_STATES))
+@pass_state
+def camera(state: State, on_off: str) -> None:
+    """Turn the avatar's camera on or off (off: no frames reach the model, the local camera is released)."""
+    reply = state.call("camera", state=on_off)
+    state.show(reply, f"camera {reply['camera']}")
 
 
 @command(cli)

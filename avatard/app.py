@@ -1,7 +1,9 @@
 """The daemon: one trio root nursery that shows the whole data path.
 
-    sources (control socket, WebSocket clients, mic, audio file)
-        --UserAudio/UserText/SayText--> [brain_inputs, 16] --> brain
+    sources (control socket, WebSocket clients, mic, audio file, camera)
+        --UserAudio/UserText/SayText/CameraFrame--> [input lanes: operator 8 first, shared 16; budget per browser]
+        --> brain
+    pictures (camera, browsers, avatarctl look) --> Vision (<= 1/s to the brain; faces --> presence events)
     brain --push_audio (SpeechBuffer, 4 s, backpressure)--> renderer (the clock, fps frames/s)
     renderer --Frame--> [render queue, 2, drop+count] --> fan-out
     fan-out --Frame--> [one channel per sink, drop+count] --> WebSocket server, speaker, window, recorder
@@ -28,17 +30,19 @@ from .config import Config
 from .control.server import serve_control
 from .core import metrics
 from .core.events import EventBus
+from .core.faces import FaceDetector
 from .core.fanout import RENDER_QUEUE, FanOut
 from .core.hub import Hub
+from .core.input_lanes import InputLanes
 from .core.latency import LatencyMeter
+from .core.presence import Presence
+from .core.vision import Vision
+from .errors import ConfigError, DetectorUnavailable
 from .local.setup import LocalSetup, make_local_parts, prepare, start_local_parts
 from .renderers.builtin import BuiltinRenderer
 
 logger = logging.getLogger("avatard.app")
 
-# User input waiting for the brain. Speech and turns must not be lost, so sources wait when it is
-# full (a browser's reader then stops reading: TCP backpressure to that one client).
-BRAIN_INPUT_QUEUE = 16
 # On SIGTERM, q or a closed window, sinks get this long to tell their clients, then everything is
 # cancelled. systemd gives us TimeoutStopSec; we promise to be gone well inside 2 s.
 STOP_NOTICE = 0.2
@@ -65,6 +69,30 @@ def make_brain(config: Config, renderer, events: EventBus, latency: LatencyMeter
         from .brains.gemini import GeminiBrain
         return GeminiBrain(config=config, renderer=renderer, events=events, latency=latency, keywords=keywords)
     return LocalBrain(renderer=renderer, events=events, latency=latency, keywords=keywords)
+
+
+def make_vision(config: Config, brain, events: EventBus, inputs: InputLanes) -> Vision | None:
+    """Eyes when pictures can come (--camera, or browsers in server mode), with presence from OpenCV's face cascade.
+
+    An OpenCV without the cascade never stops a daemon that does not need it: the pictures still go to a brain
+    that sees, and presence is reported unavailable. Only what cannot work without it is a start-up error:
+    --greet, or --camera when the brain cannot see either.
+    """
+    if not config.sees:
+        return None
+    try:
+        detector = FaceDetector.load()
+    except DetectorUnavailable as exc:
+        if config.greet is not None:
+            raise ConfigError(f"--greet: greeting needs face detection, and {exc}") from None
+        if config.camera is not None and not brain.sees:
+            raise ConfigError(f"--camera: the {brain.name} brain cannot see pictures, and presence needs face "
+                              f"detection: {exc}") from None
+        logger.warning("presence detection is off: %s", exc)
+        return Vision(events=events, inputs=inputs, brain_sees=brain.sees, fps=config.camera_fps,
+                      no_detector=str(exc))
+    return Vision(events=events, inputs=inputs, brain_sees=brain.sees, fps=config.camera_fps, detector=detector,
+                  presence=Presence(config.greet_after))
 
 
 def main(config: Config) -> None:
@@ -95,18 +123,19 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
     latency = LatencyMeter(events, registry)
     renderer = make_renderer(config, events, latency)
     brain = make_brain(config, renderer, events, latency)
-    brain_send, brain_receive = trio.open_memory_channel(BRAIN_INPUT_QUEUE)
+    inputs = InputLanes()  # sizes and full-policies: avatard.core.input_lanes
     frames_send, frames_receive = trio.open_memory_channel(RENDER_QUEUE)
     fanout = FanOut(lambda: renderer.generation)
+    vision = make_vision(config, brain, events, inputs)
     local = make_local_parts(config, setup, renderer, window)
     server = None
     if config.server:
         from .server.websocket import WsServer
         server = WsServer(config, fanout, registry)
     front_ends = (server,) if server is not None else ()
-    hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, brain_inputs=brain_send,
+    hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
               sinks=front_ends + local.sinks, front_ends=front_ends, local_parts=local.all,
-              audio_file=local.audio_file)
+              audio_file=local.audio_file, vision=vision, camera_device=local.camera, greeting=config.greet)
     metrics.bind(registry, hub.status)
 
     async with trio.open_nursery() as nursery:
@@ -115,9 +144,11 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup()) -> 
             nursery.start_soon(_stop_on_signals, stop)
         else:
             window.connect(hub, stop)
-        await nursery.start(brain.run, brain_receive, hub)
+        await nursery.start(brain.run, inputs, hub)
         nursery.start_soon(fanout.run, frames_receive)
         await nursery.start(renderer.run, frames_send)
+        if vision is not None:
+            await nursery.start(vision.run)
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub)

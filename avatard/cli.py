@@ -23,10 +23,12 @@ from .config import (
     LOG_LEVELS,
     RENDERERS,
     Config,
+    is_loopback,
     parse_size,
 )
 from .errors import AvatardError, ConfigError
-from .paths import default_control_socket
+from .paths import default_control_socket, default_state_directory
+from .token_file import load_or_create, read_token_file
 
 # (flag, environment variables, click options). The seed's table names the first environment
 # variables; every other flag gets an AVATARD_* variable so the whole config can live in a .env file.
@@ -41,7 +43,8 @@ OPTIONS = [
     ("--instructions", ["AVATARD_INSTRUCTIONS"], dict(default=DEFAULT_INSTRUCTIONS, help="System instructions for Gemini.")),
     ("--audio-file", ["BITHUMAN_AUDIO_PATH"], dict(help="Audio file to use as the user's voice.")),
     ("--server", ["AVATARD_SERVER"], dict(is_flag=True, help="Serve the avatar over HTTP + WebSocket.")),
-    ("--host", ["AVATARD_HOST"], dict(default="0.0.0.0", show_default=True, help="Server host.")),
+    ("--host", ["AVATARD_HOST"], dict(default="0.0.0.0", show_default=True, help="Server host. Beyond loopback the "
+                                      "server needs a token: one is generated unless --token, --token-file or --no-auth.")),
     ("--port", ["AVATARD_PORT"], dict(type=int, default=8765, show_default=True, help="Server port (HTTP page and WebSocket).")),
     ("--local-display", ["AVATARD_LOCAL_DISPLAY"], dict(is_flag=True, help="Also show the local window in server mode.")),
     ("--input-device", ["AVATARD_INPUT_DEVICE"], dict(help="Local mode's microphone: name substring or index (see --list-devices) [default: the system's].")),
@@ -64,8 +67,20 @@ OPTIONS = [
     ("--fps", ["AVATARD_FPS"], dict(type=int, default=25, show_default=True, help="Frames per second (must divide 16000).")),
     ("--jpeg-quality", ["AVATARD_JPEG_QUALITY"], dict(type=int, default=80, show_default=True, help="JPEG quality of streamed frames.")),
     ("--max-clients", ["AVATARD_MAX_CLIENTS"], dict(type=int, default=10, show_default=True, help="WebSocket clients at once; more are refused (1013).")),
-    ("--token", ["AVATARD_TOKEN"], dict(help="Require this token from WebSocket clients (?token=...); never logged.")),
-    ("--allow-origin", ["AVATARD_ALLOW_ORIGIN"], dict(multiple=True, help="Allowed Origin for browsers (repeatable; default: any).")),
+    ("--max-clients-per-ip", ["AVATARD_MAX_CLIENTS_PER_IP"], dict(type=int, default=4, show_default=True,
+                                                                 help="WebSocket clients from one address; more are refused (1013).")),
+    ("--token", ["AVATARD_TOKEN"], dict(help="Token that lets clients talk and read /metrics (?token=... or Authorization: "
+                                             "Bearer); never logged. Prefer AVATARD_TOKEN or --token-file: every local user "
+                                             "can read a command line. [default beyond loopback: generated once, kept in "
+                                             "$STATE_DIRECTORY or ~/.local/state/avatard/token]")),
+    ("--token-file", ["AVATARD_TOKEN_FILE"], dict(help="Read the token from this file (one line).")),
+    ("--viewer-token", ["AVATARD_VIEWER_TOKEN"], dict(help="Token that lets clients only watch (no audio, text or control); never logged.")),
+    ("--no-auth", ["AVATARD_NO_AUTH"], dict(is_flag=True, help="Serve beyond loopback without a token, on purpose: anyone who "
+                                                             "reaches the port can make the avatar speak.")),
+    ("--share-transcripts", ["AVATARD_SHARE_TRANSCRIPTS"], dict(is_flag=True, help="Send what each user said to every client "
+                                                                                 "that may talk [default: only back to its author].")),
+    ("--allow-origin", ["AVATARD_ALLOW_ORIGIN"], dict(multiple=True, help="Allowed Origin for browsers (repeatable; * for any) "
+                                                                         "[default: the page's own origin].")),
     ("--gemini-base-url", ["GEMINI_BASE_URL"], dict(help="Live API endpoint (proxy, regional endpoint) [default: the SDK's; "
                                                          "GOOGLE_GEMINI_BASE_URL also works].")),
     ("--gemini-ca-file", ["GEMINI_CA_FILE"], dict(help="Extra CA certificate (PEM) to trust for the Live API, added to the default trust.")),
@@ -77,10 +92,16 @@ OPTIONS = [
     ("--gestures-file", ["AVATARD_GESTURES_FILE"], dict(help='Keyword gestures, JSON or TOML: {"mode": "extend"|"replace", "keywords": {gesture: [words]}}.')),
     ("--gesture-cooldown", ["AVATARD_GESTURE_COOLDOWN"], dict(type=float, default=3.0, show_default=True,
                                                              help="Seconds before the same keyword gesture fires again.")),
+    ("--camera", ["AVATARD_CAMERA"], dict(help="Camera for the avatar's eyes: a device index, a /dev/video* path, or a video file.")),
+    ("--camera-fps", ["AVATARD_CAMERA_FPS"], dict(type=float, default=1.0, show_default=True,
+                                                 help="Camera frames per second sent to Gemini (at most 1).")),
+    ("--greet", ["AVATARD_GREET"], dict(help="Say TEXT with a wave when someone arrives; 'model' lets Gemini greet in its own words.")),
+    ("--greet-after", ["AVATARD_GREET_AFTER"], dict(type=float, default=30.0, show_default=True,
+                                                   help="Greet only when the scene was empty this many seconds before.")),
     ("--log-level", ["AVATARD_LOG_LEVEL"], dict(type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="Log level.")),
     ("--log-format", ["AVATARD_LOG_FORMAT"], dict(type=click.Choice(LOG_FORMATS), default="text", show_default=True, help="Log format.")),
 ]
-SECRET_PARAMS = {"api_secret", "gemini_api_key", "token"}
+SECRET_PARAMS = {"api_secret", "gemini_api_key", "token", "viewer_token"}
 
 
 def _decorate(func):
@@ -123,6 +144,13 @@ def build_config(params: dict) -> Config:
     width, height = parse_size(params.pop("size"))
     params["control_socket"] = params["control_socket"] or default_control_socket()
     params["allow_origin"] = tuple(params["allow_origin"])
+    if params["token_file"] is not None:
+        if params["token"] is not None:
+            raise ConfigError("--token-file: give either --token (AVATARD_TOKEN) or --token-file, not both")
+        params["token"] = read_token_file(params["token_file"])
+    if params["server"] and params["token"] is None and not params["no_auth"] and not is_loopback(params["host"]):
+        # Beyond loopback without a token: secure by default, with a token made once (avatard.token_file).
+        params["token"], params["token_file"] = load_or_create(default_state_directory())
     return Config(width=width, height=height, **params)
 
 
@@ -141,7 +169,8 @@ def command(ctx: click.Context, env_file: str | None, **params) -> None:
     _apply_env_file(ctx, params, env_file)
     config = build_config(params)
     from . import logs
-    logs.setup(config.log_level, config.log_format, [config.api_secret, config.gemini_api_key, config.token])
+    logs.setup(config.log_level, config.log_format, [config.api_secret, config.gemini_api_key, config.token,
+                                                     config.viewer_token])
     from . import app
     app.main(config)
 

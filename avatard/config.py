@@ -7,12 +7,13 @@ the flag, so start-up fails with one readable line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 
 import attrs
 
-from .constants import RATE
+from .constants import MAX_CAMERA_FPS, MAX_TEXT_CHARS, RATE
 from .errors import ConfigError
 
 # Prebuilt voices of the Live API (the 30 HD voices of the native-audio models; the seed's five are among them).
@@ -38,6 +39,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 BARGE_IN = ("auto", "on", "off")
 AEC = ("auto", "on", "off")
+# --greet model: the arrival becomes a model turn (Gemini greets in its own words) instead of a fixed sentence.
+GREET_MODEL = "model"
+# --greet-after: a day. Longer is a typo; 0 greets every arrival.
+MAX_GREET_AFTER = 86400.0
 # Frame sizes beyond this are not an avatar on an edge box; the limit keeps a typo from allocating gigabytes.
 MAX_FRAME_SIDE = 4096
 # 16 kHz audio must split into whole samples per frame: fps must divide RATE.
@@ -85,11 +90,36 @@ def _voice(instance, attribute, value):
         raise ConfigError(f"--gemini-voice: unknown voice {value!r}; known: {', '.join(GEMINI_VOICES)}")
 
 
+def _camera(instance, attribute, value):
+    if value is not None and not value.strip().isdigit() and not os.path.exists(value):
+        raise ConfigError(f"--camera: {value!r} is neither a device index nor an existing device or video file")
+
+
+def _camera_fps(instance, attribute, value):
+    if not 0 < value <= MAX_CAMERA_FPS:
+        raise ConfigError(f"--camera-fps: {value:g} must be above 0 and at most {MAX_CAMERA_FPS:g} "
+                          f"(Gemini Live takes at most 1 frame per second)")
+
+
+def _greet(instance, attribute, value):
+    if value is not None and not 0 < len(value.strip()) <= MAX_TEXT_CHARS:
+        raise ConfigError(f"--greet: the greeting must be 1..{MAX_TEXT_CHARS} characters")
+
+
 def _matches(flag: str, pattern: re.Pattern, example: str):
     def check(instance, attribute, value):
         if value is not None and not pattern.fullmatch(value):
             raise ConfigError(f"{flag}: {value!r} is not valid (e.g. {example})")
     return check
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (or "" for every interface): it may reach beyond this machine
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -139,7 +169,12 @@ class Config:
     log_format: str = attrs.field(default="text", validator=_one_of("--log-format", LOG_FORMATS))
     jpeg_quality: int = attrs.field(default=80, validator=_in_range("--jpeg-quality", 10, 100))
     max_clients: int = attrs.field(default=10, validator=_in_range("--max-clients", 1, 1000))
-    token: str | None = attrs.field(default=None, repr=False)
+    max_clients_per_ip: int = attrs.field(default=4, validator=_in_range("--max-clients-per-ip", 1, 1000))
+    token: str | None = attrs.field(default=None, repr=False)  # lets a client talk; see avatard.server.access
+    token_file: str | None = None  # where the token came from (--token-file or generated), to tell the operator
+    viewer_token: str | None = attrs.field(default=None, repr=False)  # lets a client only watch
+    no_auth: bool = False  # beyond loopback without a token, on purpose
+    share_transcripts: bool = False  # user transcripts to every client that may talk, not only their author
     allow_origin: tuple[str, ...] = ()
     gemini_base_url: str | None = None
     gemini_ca_file: str | None = attrs.field(default=None, validator=_path_exists("--gemini-ca-file"))
@@ -150,6 +185,12 @@ class Config:
                                     validator=_matches("--gcp-location", GCP_LOCATION_RE, "us-central1"))
     gestures_file: str | None = attrs.field(default=None, validator=_path_exists("--gestures-file"))
     gesture_cooldown: float = attrs.field(default=3.0, validator=_in_range("--gesture-cooldown", 0, 3600))
+
+    # Vision: the local camera, its rate to the model, and the greeting on arrival.
+    camera: str | None = attrs.field(default=None, validator=_camera)
+    camera_fps: float = attrs.field(default=MAX_CAMERA_FPS, converter=float, validator=_camera_fps)
+    greet: str | None = attrs.field(default=None, validator=_greet)
+    greet_after: float = attrs.field(default=30.0, converter=float, validator=_in_range("--greet-after", 0, MAX_GREET_AFTER))
 
     def __attrs_post_init__(self) -> None:
         if self.renderer == "bithuman" and not (self.model and self.api_secret):
@@ -167,6 +208,19 @@ class Config:
             raise ConfigError("--aec: on needs local mode's speaker and microphone (not --server, not --audio-file)")
         if self.audio_file is not None and not os.access(self.audio_file, os.R_OK):
             raise ConfigError(f"--audio-file: cannot read {self.audio_file}")
+        if self.no_auth and self.token is not None:
+            raise ConfigError("--no-auth: contradicts --token (or AVATARD_TOKEN / --token-file); give one of them")
+        if self.viewer_token is not None and (self.token is None or self.viewer_token == self.token):
+            raise ConfigError("--viewer-token: needs a different --token (without one every client may talk)")
+        if self.server and self.token is None and not self.no_auth and not self.loopback_only:
+            raise ConfigError(f"--host: {self.host} is reachable beyond this machine; set --token, or --no-auth on purpose")
+        if self.greet == GREET_MODEL and self.brain_kind != "gemini":
+            raise ConfigError("--greet: model needs the Gemini brain (the offline brain speaks a --greet TEXT)")
+
+    @property
+    def loopback_only(self) -> bool:
+        """The server listens on this machine only: open without a token, for local development."""
+        return is_loopback(self.host)
 
     @property
     def renderer_kind(self) -> str:
@@ -181,6 +235,11 @@ class Config:
         if self.brain != "auto":
             return self.brain
         return "gemini" if self.gemini_api_key or self.vertex else "local"
+
+    @property
+    def sees(self) -> bool:
+        """Whether camera frames can arrive at all: a local camera, or browsers (server mode)."""
+        return self.camera is not None or self.server
 
     @property
     def samples_per_frame(self) -> int:

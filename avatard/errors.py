@@ -3,6 +3,16 @@ on purpose is defined here, so importing one never pulls in the part that raises
 
 from __future__ import annotations
 
+# Error messages quote at most this much of what a peer sent: enough to recognise a typo, while a 100 KB
+# "gesture name" cannot make a 100 KB reply (issue 17).
+QUOTE_CHARS = 40
+
+
+def quote(value) -> str:
+    """``repr(value)``, cut to QUOTE_CHARS characters with an ellipsis: for messages naming peer input."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 1] + "…"
+
 
 class AvatardError(Exception):
     """Base of every error avatard raises on purpose."""
@@ -22,14 +32,22 @@ class ProtocolError(AvatardError):
 
 
 class Refused(AvatardError):
-    """The daemon declines a request; the message is shown to whoever asked."""
+    """The daemon declines a request; the message is shown to whoever asked, with ``code``."""
+
+    code = "refused"
+
+
+class Busy(Refused):
+    """Declined for now: an input budget or queue is full. Nothing was queued; the message says which."""
+
+    code = "busy"
 
 
 class UnknownGesture(Refused, ValueError):
     """A gesture name the avatar cannot perform; the message lists the ones it can."""
 
     def __init__(self, name: str, known, why: str = "unknown gesture") -> None:
-        super().__init__(f"{why} {name!r}; known: {', '.join(sorted(known))}")
+        super().__init__(f"{why} {quote(name)}; known: {', '.join(sorted(known))}")
         self.name = name
 
 
@@ -47,6 +65,14 @@ class TtsError(AvatardError):
 
 class AsyncioCancelledError(AvatardError):
     """An asyncio task was cancelled from the asyncio side, not by trio (usually: the loop is shutting down)."""
+
+
+class CameraError(AvatardError):
+    """A camera could not be opened or read; the message names the device."""
+
+
+class DetectorUnavailable(AvatardError):
+    """The installed OpenCV has no face detector; the message says why. The daemon runs on without presence."""
 
 
 class BrainFailed(AvatardError):

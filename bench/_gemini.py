@@ -99,7 +99,7 @@ def _serve(pipe, options) -> None:
 
 def server_args(max_clients: int) -> list[str]:
     return ["--server", "--host", "127.0.0.1", "--port", "0", "--max-clients", str(max_clients),
-            "--log-level", "warning"]
+            "--max-clients-per-ip", str(max_clients), "--log-level", "warning"]  # every client is on loopback
 
 
 def start_gemini_daemon(server: GeminiLiveTestServer | ServerProcess, max_clients: int) -> c.Daemon:

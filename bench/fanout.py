@@ -214,7 +214,8 @@ async def _load(daemon: c.Daemon, healthy: int, stalled: bool, seconds: float, r
 
 
 def run(healthy: int, stalled: bool, seconds: float, rcvbuf: int) -> Result:
-    args = ["--server", "--host", "127.0.0.1", "--port", "0", "--max-clients", str(healthy + 1), "--log-level", "warning"]
+    args = ["--server", "--host", "127.0.0.1", "--port", "0", "--max-clients", str(healthy + 1),
+            "--max-clients-per-ip", str(healthy + 1), "--log-level", "warning"]  # every client is on loopback
     with c.Daemon.start(*args) as daemon:
         return trio.run(_load, daemon, healthy, stalled, seconds, rcvbuf)
 

@@ -94,7 +94,8 @@ class Daemon:
 SERVER_ARGS = ("--server", "--host", "127.0.0.1", "--port", "0")
 
 
-def start_daemon(tmp: Path, *args: str, env: dict | None = None, wait_ready: bool = True, local: bool = False) -> Daemon:
+def start_daemon(tmp: Path, *args: str, env: dict | None = None, wait_ready: bool = True, local: bool = False,
+                 preexec_fn=None) -> Daemon:
     """Start ``python -m avatard`` with a private control socket; wait for sd_notify READY=1.
 
     Server mode on a free loopback port unless ``args`` say ``--server`` themselves or ``local`` is set
@@ -113,7 +114,7 @@ def start_daemon(tmp: Path, *args: str, env: dict | None = None, wait_ready: boo
     stderr_path = own / "avatard.log"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "avatard", "--control-socket", socket_path, *args],
-                                stdout=subprocess.DEVNULL, stderr=err, env=full_env, cwd=tmp)
+                                stdout=subprocess.DEVNULL, stderr=err, env=full_env, cwd=tmp, preexec_fn=preexec_fn)
     daemon = Daemon(proc, socket_path, stderr_path, full_env)
     try:
         if wait_ready:

@@ -245,6 +245,16 @@ def _rms(frame: bytes) -> float:
     return math.sqrt(sum(s * s for s in samples) / len(samples))
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoFrame:
+    """One picture a client sent as realtime input (the Live API takes JPEG frames at up to 1 per second)."""
+
+    session: str
+    mime_type: str
+    data: bytes = dataclasses.field(repr=False)
+    at: float  # time.monotonic() on arrival
+
+
 @dataclasses.dataclass
 class SessionRecord:
     """What happened on one websocket connection."""
@@ -393,6 +403,7 @@ class GeminiLiveTestServer:
         self._setups: list[dict[str, Any]] = []
         self._received: list[dict[str, Any]] = []
         self._tool_responses: list[dict[str, Any]] = []
+        self._video: list[VideoFrame] = []
         self._conversations: dict[str, list[dict[str, Any]]] = {}
         self._handles: dict[str, str] = {}  # resumption handle -> conversation id
         self._conn_ids = itertools.count(1)
@@ -518,6 +529,12 @@ class GeminiLiveTestServer:
     def live_connections(self) -> int:
         with self._cond:
             return sum(1 for s in self._sessions if s.open)
+
+    @property
+    def video_frames(self) -> list[VideoFrame]:
+        """Every ``realtime_input.video`` (and video ``media_chunks``) blob received, in order."""
+        with self._cond:
+            return list(self._video)
 
     @property
     def tool_responses(self) -> list[dict[str, Any]]:
@@ -910,10 +927,22 @@ class GeminiLiveTestServer:
         blobs = list(_field(realtime, "media_chunks") or [])
         if (audio := _field(realtime, "audio")) is not None:
             blobs.append(audio)
+        if (video := _field(realtime, "video")) is not None:
+            blobs.append(video)
         for blob in blobs:
             mime = str(_field(blob, "mime_type") or "")
+            if mime.startswith("image/"):
+                try:
+                    data = _b64decode(_field(blob, "data") or "")
+                except (binascii.Error, ValueError):
+                    await conn.ws.close(1007, "Invalid value at 'realtime_input.video.data': invalid base64.")
+                    return
+                with self._cond:
+                    self._video.append(VideoFrame(conn.record.id, mime, data, time.monotonic()))
+                    self._changed()
+                continue  # seen, not understood: the test model does not answer pictures
             if not mime.startswith("audio/pcm"):
-                continue  # video frames and the like: recorded, not understood
+                continue  # anything else: recorded, not understood
             rate_match = re.search(r"rate=(\d+)", mime)
             rate = int(rate_match.group(1)) if rate_match else INPUT_RATE
             try:

@@ -36,6 +36,7 @@ from avatard.config import Config
 from avatard.core.events import EventBus
 from avatard.core.fanout import FanOut
 from avatard.core.hub import Hub
+from avatard.core.input_lanes import InputLanes
 from avatard.core.latency import LatencyMeter
 from avatard.errors import ConfigError, Refused, RendererError, RendererFailed, UnknownGesture
 from avatard.renderers import bithuman as bh
@@ -427,9 +428,8 @@ async def test_a_stalled_sdk_falls_back_instead_of_freezing(model):
 
 def make_hub(renderer, events) -> Hub:
     brain = types.SimpleNamespace(interrupt=lambda: None, status=lambda: {"brain": "local", "brain_state": "ready"})
-    send, _receive = trio.open_memory_channel(1)
     return Hub(renderer=renderer, brain=brain, events=events, latency=meters()[1], fanout=FanOut(lambda: 0),
-               brain_inputs=send)
+               inputs=InputLanes())
 
 
 def test_make_bithuman_renderer_checks_the_model_first(tmp):

@@ -16,15 +16,19 @@ sync tests alone). Chromium is required: without it these tests fail, they do no
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import soundfile as sf
+from gemini_live_server import GeminiLiveTestServer
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from skimage import data as skdata
 
 from avatard.brains import tts
 
@@ -35,6 +39,7 @@ MIC_PHRASE = "Hello avatar, can you hear me?"
 MIC_PAUSE_S = 1.5  # silence after the phrase: long enough for the daemon's end-of-utterance detector
 WAIT_MS = 10_000  # any single expected event; the daemon answers within a second or two
 LOUD = 1000  # PCM16 peak above which a chunk is speech rather than idle silence (which is exact zeros)
+GEMINI_ENV = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}  # the Live test server
 
 RECORDER_JS = """
 (() => {
@@ -91,7 +96,20 @@ def mic_wav(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser(mic_wav, tmp_path_factory) -> Browser:
+def camera_y4m(tmp_path_factory) -> Path:
+    """The fake camera: a real face (``skimage.data.astronaut()``, public domain), 10 s of Y4M. Chromium loops it."""
+    picture = cv2.resize(cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), (640, 480))
+    planes = cv2.cvtColor(picture, cv2.COLOR_BGR2YUV_I420).tobytes()  # Y, then U, then V: Y4M's 4:2:0 layout
+    path = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    with open(path, "wb") as out:
+        out.write(b"YUV4MPEG2 W640 H480 F10:1 Ip A1:1 C420jpeg\n")
+        for _ in range(100):
+            out.write(b"FRAME\n" + planes)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(mic_wav, camera_y4m, tmp_path_factory) -> Browser:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing or not executable: the browser tests need Debian's chromium "
                     "(apt-get install chromium)", pytrace=False)
@@ -104,6 +122,7 @@ def browser(mic_wav, tmp_path_factory) -> Browser:
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={mic_wav}",
+            f"--use-file-for-fake-video-capture={camera_y4m}",
             "--autoplay-policy=no-user-gesture-required",
             "--disable-gpu",
             "--disable-background-networking",
@@ -118,7 +137,13 @@ def browser(mic_wav, tmp_path_factory) -> Browser:
 @pytest.fixture
 def page(browser, daemon_factory):
     """The page served by a fresh daemon, connected, with sound running and the first frame drawn."""
-    daemon = daemon_factory(*SERVER)
+    with open_page(browser, daemon_factory(*SERVER)) as page:
+        yield page
+
+
+@contextlib.contextmanager
+def open_page(browser: Browser, daemon):
+    """``daemon``'s page, connected, with sound running and the first frame drawn; no page errors by the end."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.add_init_script(RECORDER_JS)
     page = context.new_page()
@@ -267,3 +292,29 @@ def test_interrupt_cuts_the_reply_and_flushes_the_player(page):
     wait(page, "(played) => avatard.samplesPlayed > played + 0.25 * 16000", played)
     assert page.evaluate("avatard.samplesBuffered") < 0.3 * RATE
     assert page.evaluate("avatard.transcript.map((e) => e.role)") == ["user", "assistant"]
+
+
+def test_camera_button_sends_the_fake_camera_to_gemini_as_jpeg_at_most_once_a_second(browser, daemon_factory):
+    with GeminiLiveTestServer() as server:
+        daemon = daemon_factory(*SERVER, "--gemini-api-key", "test-key", "--gemini-base-url", server.base_url,
+                                "--gemini-ca-file", server.ca_path, env=GEMINI_ENV)
+        with open_page(browser, daemon) as page:
+            assert server.video_frames == []
+            page.click("#camera")
+            expect(page.locator("#camera-label")).to_have_text("Camera → model", timeout=WAIT_MS)
+            server.wait_for(lambda: len(server.video_frames) >= 4, timeout=15)
+            frames = server.video_frames
+            for frame in frames:
+                assert frame.mime_type == "image/jpeg" and frame.data[:3] == b"\xff\xd8\xff"
+                picture = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
+                assert picture.shape[:2] == (480, 640)  # the fake camera's pictures, within 768 px
+            gaps = [b.at - a.at for a, b in zip(frames, frames[1:])]
+            assert min(gaps) >= 0.9, gaps  # <= 1 per second (a little jitter on the way)
+            assert daemon.status()["presence"]["arrivals"] == 1  # the astronaut's face, seen in the browser's frames
+
+            page.click("#camera")
+            expect(page.locator("#camera-label")).to_have_text("Camera")
+            stopped = len(server.video_frames)
+            time.sleep(3)
+            assert len(server.video_frames) <= stopped + 1  # one may have been on its way
+            assert daemon.status()["camera"] == "on"  # no longer "sending": the indicator follows the frames

@@ -6,6 +6,7 @@ up" and "the consumer stalled for 0.4 s" are exact statements, not hopes about a
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +17,11 @@ from avatard.core.fanout import FanOut
 from avatard.core.frame_clock import MAX_LAG_FRAMES, FrameClock
 from avatard.core.messages import Frame
 from avatard.renderers.speech_buffer import SpeechBuffer
+from avatard.server.access import TALK
 from avatard.server.websocket import MAX_AUDIO_BACKLOG, MAX_SEND_STALL, VIDEO_BACKLOG, Client
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 FPS = 25
 PERIOD = 1 / FPS
@@ -320,7 +325,7 @@ def audio(n: int) -> bytes:
 
 async def test_client_keeping_up_gets_everything_in_order(autojump_clock):
     ws = FakeWs()
-    client = Client("client_1", ws, "test")
+    client = Client("client_1", ws, "test", TALK)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_client, client)
         for n in range(50):
@@ -335,7 +340,7 @@ async def test_client_keeping_up_gets_everything_in_order(autojump_clock):
 
 async def test_client_video_backlog_keeps_the_newest_and_counts_the_dropped(autojump_clock):
     ws = FakeWs()
-    client = Client("client_1", ws, "test")
+    client = Client("client_1", ws, "test", TALK)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_client, client)
         ws.block()
@@ -355,7 +360,7 @@ async def test_client_video_backlog_keeps_the_newest_and_counts_the_dropped(auto
 
 async def test_client_too_far_behind_on_audio_is_disconnected(autojump_clock):
     ws = FakeWs()
-    client = Client("client_1", ws, "test")
+    client = Client("client_1", ws, "test", TALK)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_client, client)
         ws.block()
@@ -375,7 +380,7 @@ async def test_client_too_far_behind_on_audio_is_disconnected(autojump_clock):
 
 async def test_client_send_stalled_past_the_limit_is_disconnected_on_the_next_push(autojump_clock):
     ws = FakeWs()
-    client = Client("client_1", ws, "test")
+    client = Client("client_1", ws, "test", TALK)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_client, client)
         ws.block()
@@ -393,7 +398,7 @@ async def test_client_send_stalled_past_the_limit_is_disconnected_on_the_next_pu
 
 async def test_client_slow_sends_that_complete_are_not_a_stall(autojump_clock):
     ws = FakeWs()
-    client = Client("client_1", ws, "test")
+    client = Client("client_1", ws, "test", TALK)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_client, client)
         for n in range(3):
@@ -411,7 +416,7 @@ async def test_client_slow_sends_that_complete_are_not_a_stall(autojump_clock):
 
 async def test_client_flush_audio_keeps_json_in_order(autojump_clock):
     ws = FakeWs()
-    client = Client("client_1", ws, "test")
+    client = Client("client_1", ws, "test", TALK)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_client, client)
         ws.block()
@@ -434,7 +439,7 @@ async def test_client_flush_audio_keeps_json_in_order(autojump_clock):
 
 async def test_client_flush_audio_resets_the_backlog_count(autojump_clock):
     ws = FakeWs()
-    client = Client("client_1", ws, "test")
+    client = Client("client_1", ws, "test", TALK)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_client, client)
         ws.block()
@@ -451,7 +456,7 @@ async def test_client_flush_audio_resets_the_backlog_count(autojump_clock):
 
 async def test_client_that_does_not_want_video_or_audio_gets_none(autojump_clock):
     ws = FakeWs()
-    client = Client("client_1", ws, "test")
+    client = Client("client_1", ws, "test", TALK)
     client.want_video = False
     client.want_audio = False
     async with trio.open_nursery() as nursery:
@@ -468,9 +473,9 @@ async def test_client_that_does_not_want_video_or_audio_gets_none(autojump_clock
 
 async def test_client_audio_only_and_video_only(autojump_clock):
     audio_ws, video_ws = FakeWs(), FakeWs()
-    audio_only = Client("client_1", audio_ws, "test")
+    audio_only = Client("client_1", audio_ws, "test", TALK)
     audio_only.want_video = False
-    video_only = Client("client_2", video_ws, "test")
+    video_only = Client("client_2", video_ws, "test", TALK)
     video_only.want_audio = False
     async with trio.open_nursery() as nursery:
         await nursery.start(run_client, audio_only)
@@ -483,3 +488,15 @@ async def test_client_audio_only_and_video_only(autojump_clock):
         nursery.cancel_scope.cancel()
     assert audio_ws.sent == [audio(n) for n in range(10)]
     assert video_ws.sent == [video(n) for n in range(10)]
+
+
+def test_a_peer_that_went_away_ends_only_its_connection():
+    from wsproto.utilities import LocalProtocolError
+
+    from avatard.server.websocket import peer_went_away
+
+    pong_while_closing = LocalProtocolError("Event Pong(payload=b'') cannot be sent in state LOCAL_CLOSING.")
+    assert peer_went_away(trio.BrokenResourceError()) and peer_went_away(pong_while_closing)
+    assert peer_went_away(BaseExceptionGroup("reader", [pong_while_closing, trio.ClosedResourceError()]))
+    assert not peer_went_away(BaseExceptionGroup("reader", [pong_while_closing, ValueError("a bug")]))
+    assert not peer_went_away(KeyError("a bug"))

@@ -12,6 +12,7 @@ import pytest
 from conftest import ControlClient
 
 from avatard.constants import GESTURES
+from avatard.protocol.control import MAX_LINE_BYTES
 
 
 def frames_until(client: ControlClient, predicate, timeout=15.0):
@@ -143,7 +144,7 @@ def test_control_socket_survives_bad_requests(daemon):
     assert bad.request("say")["code"] == "bad_request"
     assert bad.request("status")["ok"] is True, "the same connection keeps working"
     huge = daemon.control()
-    huge.sock.sendall(b"x" * (70 * 1024))
+    huge.sock.sendall(b"x" * (MAX_LINE_BYTES + 1024))
     assert huge.read()["code"] == "too_long"
     assert good.request("ping") == {"ok": True, "pong": True}
     assert daemon.proc.poll() is None

@@ -393,8 +393,11 @@ async def flooder(port: int, seconds: float, stats: dict) -> None:
                     next_text += 1.0
                 await ws.send_message(chunks[stats["chunks"] % len(chunks)])
                 stats["chunks"] += 1
-            nursery.cancel_scope.cancel()
-        stats["finished"] = True
+            stats["finished"] = True
+            # Stay connected until the test ends: a client closing while the daemon's 5 s ping is on its way
+            # trips trio-websocket's own bug (a Pong sent in LOCAL_CLOSING, python-trio/trio-websocket#184),
+            # and this client's 5 s flood would line its close up with a ping.
+            await trio.sleep_forever()
 
 
 async def quitters(port: int, stats: dict) -> None:
@@ -435,10 +438,12 @@ def assert_smooth(stamps: list[float], seconds: float, max_gap: int, share: floa
     assert gaps.max() <= max_gap, f"gaps {sorted(gaps)[-5:]} frames"
 
 
-async def test_hostile_browsers_do_not_disturb_a_healthy_one(daemon):
+async def test_hostile_browsers_do_not_disturb_a_healthy_one(daemon_factory):
     """For 8 s: two clients that stopped reading, one flooding audio and text for 5 s, and a stream of clients that
     vanish mid-frame. A healthy client gets >= 95 % of the frames with no run of more than 3 missing; the stalled
-    ones are disconnected as too slow; the renderer never skipped a tick."""
+    ones are disconnected as too slow; the renderer never skipped a tick. (All from one address, so the per-address
+    cap is raised: what is measured here is the fan-out, not the cap, which tests/test_security.py covers.)"""
+    daemon = daemon_factory("--max-clients-per-ip", "10")
     port = daemon.port
     stats = {"chunks": 0, "texts": 0, "quits": 0, "finished": False}
     clients = EventLog(daemon, ["client"])

@@ -61,10 +61,7 @@ def renderer() -> BuiltinRenderer:
     return BuiltinRenderer(width=128, height=128, fps=FPS, events=events, latency=LatencyMeter(events, make_registry()))
 
 
-async def test_speech_after_idle_and_interrupts_keep_the_frame_invariants(mock_clock):
-    # The renderer draws in a worker thread; waiting for it must not count as idle, or the clock would jump
-    # mid-draw. A jump only after 0.2 s of real idleness keeps the thread's few ms off the mock timeline.
-    mock_clock.autojump_threshold = 0.2
+async def test_speech_after_idle_and_interrupts_keep_the_frame_invariants(autojump_clock):
     avatar = renderer()
     send, receive = trio.open_memory_channel(1000)
     frames = []
@@ -105,3 +102,31 @@ async def test_speech_after_idle_and_interrupts_keep_the_frame_invariants(mock_c
     times = np.array([t for t, _ in frames])
     for start in times:
         assert ((times >= start) & (times < start + 1.0)).sum() <= FPS + 10
+
+
+async def test_a_first_chunk_shorter_than_a_frame_waits_for_a_whole_frame(autojump_clock):
+    avatar = renderer()
+    send, receive = trio.open_memory_channel(1000)
+    frames = []
+    speech = (np.sin(np.arange(RATE) / 5) * 8000).astype(np.int16)
+    spf = RATE // FPS
+    async with trio.open_nursery() as nursery:
+        await nursery.start(avatar.run, send)
+
+        async def collect():
+            async for frame in receive:
+                frames.append((trio.current_time(), frame))
+
+        nursery.start_soon(collect)
+        await trio.sleep(0.5 + 0.011)
+        first_at = trio.current_time()
+        assert await avatar.push_audio(speech[:spf // 2])  # like Gemini's first chunk out of the resampler
+        await trio.sleep(0.003)
+        assert not any(f.audio.any() for t, f in frames if t >= first_at), "no half-empty frame rendered early"
+        second_at = trio.current_time()
+        assert await avatar.push_audio(speech[spf // 2:2 * spf])
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    spoken = [(t, f) for t, f in frames if f.audio.any()]
+    assert spoken[0][0] == pytest.approx(second_at), "re-phased once a whole frame was queued"
+    assert np.array_equal(spoken[0][1].audio, speech[:spf]), "the first frame is whole: no silence inside the word"

@@ -25,7 +25,8 @@ def test_unit_file_verifies(tmp):
 def test_unit_has_the_promised_settings():
     text = UNIT.read_text()
     for line in ("Type=notify", "RuntimeDirectory=avatard", "EnvironmentFile=-/etc/avatard/avatard.env",
-                 "Restart=on-failure", "SupplementaryGroups=audio video", "NoNewPrivileges=yes", "ProtectSystem=strict"):
+                 "Restart=on-failure", "SupplementaryGroups=audio video", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                 "StateDirectory=avatard", "LimitNOFILE=65536"):
         assert line in text.splitlines(), line
     assert any(l.startswith("WatchdogSec=") for l in text.splitlines())
 

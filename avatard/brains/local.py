@@ -34,6 +34,7 @@ UTTERANCE_QUEUE = 8
 
 class LocalBrain:
     name = "local"
+    sees = False  # no vision model offline: pictures still drive presence and greetings, never this brain
 
     def __init__(self, *, renderer, events: EventBus, latency: LatencyMeter, keywords: KeywordGestures) -> None:
         self._renderer = renderer
@@ -44,12 +45,17 @@ class LocalBrain:
         self._vad = EndOfUtterance()
         self._send, self._receive = trio.open_memory_channel(UTTERANCE_QUEUE)
         self._speaking_scope: trio.CancelScope | None = None
+        # Counts interrupts. An utterance is queued with the generation it was taken in; one from before
+        # the latest interrupt is skipped. Without it the turn _handle held while waiting for queue room
+        # slipped in right after the interrupt emptied the queue (a flood took three interrupts).
+        self._generation = 0
         self.state = "connected"
         self.turns = 0
         self.echoes_dropped = 0
 
     def interrupt(self) -> None:
         """Drop every queued utterance and cut the one being spoken."""
+        self._generation += 1
         while True:
             try:
                 self._receive.receive_nowait()
@@ -84,34 +90,38 @@ class LocalBrain:
             nursery.cancel_scope.cancel()
 
     async def _handle(self, message) -> None:
+        generation = self._generation
         if isinstance(message, SayText):
-            await self._send.send(("say", message.text))
+            await self._send.send(("say", message.text, generation))
         elif isinstance(message, UserText):
             self.turns += 1
             self._latency.user_input_ended()
-            self._events.publish("transcription", role="user", text=message.text, is_final=True)
+            self._events.publish("transcription", role="user", text=message.text, is_final=True, source=message.source)
             self._events.publish("status", status="thinking")
-            await self._send.send(("say", message.text))
+            await self._send.send(("say", message.text, generation))
         elif isinstance(message, UserAudio):
             for utterance in self._vad.feed(message.samples):
                 seconds = len(utterance) / RATE
                 try:
                     # Echoes are best effort: waiting here would let one browser streaming noise hold up
                     # every other source's input behind a queue of 20 s echoes.
-                    self._send.send_nowait(("echo", utterance))
+                    self._send.send_nowait(("echo", utterance, generation))
                 except trio.WouldBlock:
                     self.echoes_dropped += 1
                     self._events.publish("error", code="busy", message=f"still speaking; {seconds:.1f} s of speech not echoed")
                     continue
                 self.turns += 1
                 self._latency.user_input_ended()
-                self._events.publish("transcription", role="user", text=f"[{seconds:.1f} s of speech]", is_final=True)
+                self._events.publish("transcription", role="user", text=f"[{seconds:.1f} s of speech]", is_final=True,
+                                     source=message.source)
                 self._events.publish("status", status="thinking")
         else:
             raise TypeError(f"local brain got {type(message).__name__}")
 
     async def _speaker(self) -> None:
-        async for kind, payload in self._receive:
+        async for kind, payload, generation in self._receive:
+            if generation != self._generation:
+                continue  # queued before an interrupt
             with trio.CancelScope() as scope:
                 self._speaking_scope = scope
                 if kind == "say":

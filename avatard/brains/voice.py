@@ -36,11 +36,12 @@ def first_phrase(text: str) -> tuple[str, str]:
 
 
 async def synthesize(text: str) -> np.ndarray:
-    """espeak-ng in a worker thread (it blocks for a few ms per sentence)."""
+    """espeak-ng in a worker thread (it blocks for a few ms per sentence, ~0.2 s for a long turn)."""
     samples = await trio.to_thread.run_sync(tts.synthesize, text)
-    # The thread is not cancellable and returns normally: an interrupt that came meanwhile must stop the
-    # caller here, before it pushes speech of the interrupted turn into the next generation.
-    await trio.lowlevel.checkpoint_if_cancelled()
+    # A thread cannot be cancelled: trio hands back its result and keeps the cancellation pending until
+    # the next checkpoint. play() may push a whole buffer without one, so an interrupt that came during
+    # synthesis is taken here, before a single sample reaches the renderer.
+    await trio.lowlevel.checkpoint()
     return samples
 
 

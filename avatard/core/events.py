@@ -43,12 +43,15 @@ class EventBus:
         self.dropped = 0
         self.last_status: dict = {"status": "starting"}  # the avatar's activity: listening, speaking, ...
         self.last_brain_status: dict = {"status": "brain_connecting"}  # the brain's connection state
+        self.last_camera_status: dict = {"status": "camera_on"}  # the camera indicator (core.vision)
 
     def publish(self, kind: str, **data) -> Event:
         event = Event(kind=kind, data=data, timestamp=time.time())
         if kind == "status":
             if data.get("status", "").startswith("brain_"):
                 self.last_brain_status = data
+            elif data.get("status", "").startswith("camera_"):
+                self.last_camera_status = data
             else:
                 self.last_status = data
         for sub in self._subscribers:

@@ -1,6 +1,6 @@
 """The written interfaces of the data path's parts: what the hub and the app may rely on, nothing more.
 
-    Brain     user input (channel of UserAudio/UserText/SayText) -> speech pushed into the Renderer
+    Brain     user input (channel of UserAudio/UserText/SayText/CameraFrame) -> speech pushed into the Renderer
     Renderer  speech -> Frames at fps (the clock), each with exactly RATE/fps samples
     Sink      Frames (from a FanOut sink) -> a device, a file, or clients
     Part      anything with a name and its own counters for ``avatarctl status`` and ``/metrics``
@@ -38,7 +38,11 @@ class Controls(Protocol):
 
 
 class Brain(Part, Protocol):
-    """Turns user input into speech. ``status()`` gives brain, brain_state, brain_failure, turns, reconnects."""
+    """Turns user input into speech. ``status()`` gives brain, brain_state, brain_failure, turns, reconnects.
+
+    ``sees``: whether it takes CameraFrames; a brain that does not is never sent one."""
+
+    sees: bool
 
     async def run(self, inputs: trio.MemoryReceiveChannel, controls: Controls, *,
                   task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None: ...

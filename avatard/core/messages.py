@@ -30,6 +30,16 @@ class SayText:
 
 
 @attrs.frozen
+class CameraFrame:
+    """One picture for the brain to see: a JPEG of at most MAX_IMAGE_SIDE px, from a camera or an operator's still.
+
+    Never logged or written anywhere (``repr`` leaves the bytes out)."""
+
+    jpeg: bytes = attrs.field(repr=False)
+    source: str = "unknown"
+
+
+@attrs.frozen
 class Frame:
     """One tick of the renderer's clock: the picture and exactly the audio that plays during it.
 

@@ -24,6 +24,14 @@ COUNTERS = {
     "prompt_tokens": ("avatard_brain_prompt_tokens", "Prompt (input) tokens the brain's model reported (Live sessions are billed by tokens)."),
     "response_tokens": ("avatard_brain_response_tokens", "Response (output) tokens the brain's model reported."),
     "events_dropped": ("avatard_events_dropped", "Events dropped for subscribers that did not read."),
+    "camera_frames_sent": ("avatard_camera_frames_sent", "Pictures handed to the brain (camera frames and stills)."),
+    "camera_frames_dropped": ("avatard_camera_frames_dropped", "Camera frames dropped: the brain's input queue was full."),
+    "model_video_dropped": ("avatard_brain_video_dropped", "Camera frames the brain dropped (not connected, or stale)."),
+}
+# Presence counters and gauges, from status()["presence"] when the daemon can see.
+PRESENCE_COUNTERS = {
+    "arrivals": ("avatard_presence_arrivals", "People who arrived in front of the camera."),
+    "departures": ("avatard_presence_departures", "People who left the camera's view."),
 }
 
 
@@ -56,6 +64,14 @@ class StatusCollector:
         for client in status["client_list"]:
             depth.add_metric([client["id"]], client["queued"])
         yield depth
+        yield GaugeMetricFamily("avatard_camera_to_model", "1 while camera frames are being sent to the model.",
+                                value=int(status.get("camera_to_model", False)))
+        presence = status.get("presence")
+        if presence is not None:
+            for key, (name, doc) in PRESENCE_COUNTERS.items():
+                yield CounterMetricFamily(name, doc, value=presence[key])
+            yield GaugeMetricFamily("avatard_presence_faces", "Faces in view now (0 when nobody is there).",
+                                    value=presence["faces"])
         brain = GaugeMetricFamily("avatard_brain_connected", "1 while the brain is connected.", labels=["brain"])
         brain.add_metric([status["brain"]], int(status["brain_state"] == "connected"))
         yield brain

@@ -5,7 +5,8 @@ Which run depends on the mode (see ``Config.wants_*``):
     local mode (default)      window + speaker + microphone (the audio file replaces the microphone);
                               with both devices, the echo canceller between them (``--aec``)
     --server                  none of the devices; --local-display adds the window
-    either                    --audio-file streams the file as the user's voice; --record writes an .mp4
+    either                    --audio-file streams the file as the user's voice; --record writes an .mp4;
+                              --camera gives the avatar eyes
 
 :func:`prepare` does the fallible work first, on the main thread and before anything runs: decode the
 audio file, load PortAudio, choose the devices. A failure there is one line and exit code 2, with no
@@ -36,6 +37,7 @@ class LocalSetup:
     output: object | None = None  # devices.Choice for the speaker
     input: object | None = None  # devices.Choice for the microphone
     audio: np.ndarray | None = attrs.field(default=None, eq=False)  # the decoded --audio-file
+    capture: object | None = attrs.field(default=None, eq=False)  # the opened --camera (cv2.VideoCapture)
     aec: bool = False  # the echo canceller runs (its package loads)
 
 
@@ -45,16 +47,19 @@ def prepare(config: Config) -> LocalSetup:
     Runs on the main thread before trio starts: sounddevice mutes stderr (process-wide) while PortAudio
     initialises, which would swallow other threads' log lines.
     """
-    audio = None
+    audio = capture = None
     if config.audio_file is not None:
         from .audio_file import load
         audio = load(config.audio_file)
+    if config.camera is not None:
+        from .camera import check_camera
+        capture = check_camera(config.camera)
     if not (config.wants_speaker or config.wants_microphone):
-        return LocalSetup(audio=audio)
+        return LocalSetup(audio=audio, capture=capture)
     from . import devices
     return LocalSetup(output=devices.choose(config.output_device, "output") if config.wants_speaker else None,
                       input=devices.choose(config.input_device, "input") if config.wants_microphone else None,
-                      audio=audio, aec=_aec_loads(config))
+                      audio=audio, capture=capture, aec=_aec_loads(config))
 
 
 def _aec_loads(config: Config) -> bool:
@@ -86,6 +91,7 @@ class LocalParts:
     window: object | None = None
     audio_file: object | None = None
     echo_canceller: object | None = None  # not a task: runs inside the microphone's callback; here for status()
+    camera: object | None = None
 
     @property
     def sinks(self) -> tuple:
@@ -95,12 +101,12 @@ class LocalParts:
     @property
     def all(self) -> tuple:
         return tuple(part for part in (self.recorder, self.speaker, self.microphone, self.echo_canceller, self.window,
-                                       self.audio_file) if part is not None)
+                                       self.audio_file, self.camera) if part is not None)
 
 
 def make_local_parts(config: Config, setup: LocalSetup, renderer, window) -> LocalParts:
     """Build (not start) the wanted parts; device modules are imported only when a device is wanted."""
-    recorder = speaker = microphone = audio_file = canceller = tap = None
+    recorder = speaker = microphone = audio_file = camera = canceller = tap = None
     if config.record is not None:
         from .recorder import Recorder
         recorder = Recorder(config.record, renderer)
@@ -121,8 +127,11 @@ def make_local_parts(config: Config, setup: LocalSetup, renderer, window) -> Loc
     if setup.audio is not None:
         from .audio_file import AudioFileSource
         audio_file = AudioFileSource(setup.audio, config.audio_file)
+    if setup.capture is not None:
+        from .camera import Camera
+        camera = Camera(config.camera, setup.capture)
     return LocalParts(recorder=recorder, speaker=speaker, microphone=microphone, window=window, audio_file=audio_file,
-                      echo_canceller=canceller)
+                      echo_canceller=canceller, camera=camera)
 
 
 async def start_local_parts(nursery: trio.Nursery, parts: LocalParts, hub, fanout) -> None:
@@ -137,3 +146,5 @@ async def start_local_parts(nursery: trio.Nursery, parts: LocalParts, hub, fanou
         await nursery.start(parts.window.feed, fanout, parts.speaker.delay if parts.speaker is not None else None)
     if parts.audio_file is not None:
         await nursery.start(parts.audio_file.run, hub)
+    if parts.camera is not None:
+        await nursery.start(parts.camera.run, hub)

@@ -7,17 +7,21 @@ per line until the client hangs up.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 
 import attrs
 
-from ..constants import EVENT_KINDS
-from ..errors import ProtocolError
+from ..constants import EVENT_KINDS, MAX_IMAGE_BYTES
+from ..errors import ProtocolError, quote
 from .untrusted_json import json_object
 
-# A request is a command and maybe a sentence; 64 KiB is far above any legitimate one and small enough
-# that a garbage writer cannot make the daemon buffer much.
-MAX_LINE_BYTES = 64 * 1024
+# A request is a command and maybe a sentence, or one still for ``look``: an image of MAX_IMAGE_BYTES in base64
+# (4/3 as long) plus room for the JSON around it. Far above any legitimate request and small enough that a
+# garbage writer cannot make the daemon buffer much.
+MAX_LINE_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 64 * 1024
+CAMERA_STATES = ("on", "off")
 
 # command -> the string fields it requires
 COMMANDS: dict[str, tuple[str, ...]] = {
@@ -31,6 +35,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "ask": ("text",),
     "subscribe": (),
     "snapshot": (),
+    "look": ("image",),  # base64 of an image file (JPEG, PNG), at most MAX_IMAGE_BYTES
+    "camera": ("state",),  # on or off
 }
 
 
@@ -40,6 +46,8 @@ class Request:
     name: str | None = None
     text: str | None = None
     events: frozenset[str] | None = None
+    image: bytes | None = attrs.field(default=None, repr=False)  # look: the decoded file
+    state: str | None = None  # camera: on or off
 
 
 def parse_request(line: bytes) -> Request:
@@ -49,7 +57,7 @@ def parse_request(line: bytes) -> Request:
     if not isinstance(cmd, str):
         raise ProtocolError("bad_request", 'request needs a string "cmd"')
     if cmd not in COMMANDS:
-        raise ProtocolError("unknown_command", f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}")
+        raise ProtocolError("unknown_command", f"unknown command {quote(cmd)}; known: {', '.join(sorted(COMMANDS))}")
     fields = {}
     for field in COMMANDS[cmd]:
         value = obj.get(field)
@@ -63,9 +71,26 @@ def parse_request(line: bytes) -> Request:
             raise ProtocolError("bad_request", "subscribe 'events' must be a list of strings")
         unknown = sorted(set(kinds) - set(EVENT_KINDS))
         if unknown:
-            raise ProtocolError("bad_request", f"unknown event kinds {unknown}; known: {', '.join(EVENT_KINDS)}")
+            raise ProtocolError("bad_request", f"unknown event kinds {quote(unknown)}; known: {', '.join(EVENT_KINDS)}")
         events = frozenset(kinds)
+    if cmd == "look":
+        fields["image"] = _image(fields["image"])
+    if cmd == "camera" and fields["state"] not in CAMERA_STATES:
+        raise ProtocolError("bad_request", f"camera 'state' must be on or off; got {quote(fields['state'])}")
     return Request(cmd=cmd, events=events, **fields)
+
+
+def _image(text: str) -> bytes:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad_request", "look 'image' is not valid base64") from None
+    if not data:
+        raise ProtocolError("bad_request", "look 'image' is empty")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ProtocolError("too_large", f"the image is {len(data)} bytes; the limit is {MAX_IMAGE_BYTES} "
+                                         f"(scale it to at most 768 px)")
+    return data
 
 
 def encode(obj: dict) -> bytes:

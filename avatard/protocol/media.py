@@ -8,8 +8,9 @@ Binary server messages, all numbers big-endian (network order, what JavaScript's
 The seed says the video header is "17 bytes"; its own fields add up to 21, and that is what we send.
 The video frame and the audio chunk of one renderer tick carry the same timestamp.
 
-Client messages are JSON text (``audio_input``, ``text_input``, ``control``) or binary (raw PCM16
-16 kHz mono). Anything else raises :class:`ProtocolError` with a code for the ``error`` reply.
+Client messages are JSON text (``audio_input``, ``text_input``, ``control``, and avatard's ``camera_frame``:
+``{"type": "camera_frame", "data": {"jpeg": BASE64}}``, one JPEG of at most MAX_IMAGE_SIDE px and MAX_IMAGE_BYTES,
+at most MAX_CAMERA_FPS a second) or binary (raw PCM16 16 kHz mono). Anything else raises :class:`ProtocolError` with a code for the ``error`` reply.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import struct
 
 import attrs
 
-from ..constants import MAX_TEXT_CHARS, RATE  # the text limit is checked here too, so the error names the field
-from ..errors import ProtocolError
+from ..constants import MAX_IMAGE_BYTES, MAX_TEXT_CHARS, RATE  # limits checked here too, so the error names the field
+from ..errors import ProtocolError, quote
 from .untrusted_json import json_object
 
 VIDEO = 0x01
@@ -103,6 +104,14 @@ class TextInput:
 
 
 @attrs.frozen
+class CameraInput:
+    jpeg: bytes = attrs.field(repr=False)  # starts with the JPEG SOI marker; decoded (and scaled) by the hub
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"  # SOI and the first marker: every JPEG file starts so
+
+
+@attrs.frozen
 class Interrupt:
     pass
 
@@ -139,22 +148,25 @@ def parse_client_text(text: str) -> AudioInput | TextInput | Interrupt | Gesture
         return TextInput(text)
     if kind == "control":
         return _control(_object(msg, "data"))
+    if kind == "camera_frame":
+        return _camera_frame(_object(msg, "data"))
     if isinstance(kind, str):
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: audio_input, text_input, control")
+        raise ProtocolError("unknown_type", f"unknown message type {quote(kind)}; known: audio_input, text_input, control, "
+                                            f"camera_frame")
     raise ProtocolError("bad_message", 'message needs a string "type"')
 
 
 def _object(msg: dict, field: str) -> dict:
     value = msg.get(field)
     if not isinstance(value, dict):
-        raise ProtocolError("bad_message", f"{msg.get('type', 'message')} needs an object {field!r}")
+        raise ProtocolError("bad_message", f"{quote(msg.get('type', 'message'))} needs an object {field!r}")
     return value
 
 
 def _int_field(msg: dict, field: str, default: int, low: int, high: int) -> int:
     value = msg.get(field, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError("bad_audio", f"{field} must be an integer; got {value!r}"[:200])
+        raise ProtocolError("bad_audio", f"{field} must be an integer; got {quote(value)}")
     if not low <= value <= high:
         raise ProtocolError("bad_audio", f"{field} {value} is outside {low}..{high}")
     return value
@@ -174,6 +186,21 @@ def _audio_input(msg: dict) -> AudioInput:
     if len(pcm) % (2 * channels):
         raise ProtocolError("bad_audio", f"{len(pcm)} bytes is not a whole number of {channels}-channel 16-bit frames")
     return AudioInput(pcm, rate, channels)
+
+
+def _camera_frame(data: dict) -> CameraInput:
+    text = data.get("jpeg")
+    if not isinstance(text, str) or not text:
+        raise ProtocolError("bad_image", "camera_frame needs base64 JPEG in a string data.jpeg")
+    if len(text) > MAX_IMAGE_BYTES * 4 // 3 + 4:  # checked before decoding: base64 is 4/3 of the bytes
+        raise ProtocolError("too_large", f"camera_frame is over {MAX_IMAGE_BYTES} bytes; send at most 768 px")
+    try:
+        jpeg = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad_image", "camera_frame data.jpeg is not valid base64") from None
+    if not jpeg.startswith(JPEG_MAGIC):
+        raise ProtocolError("bad_image", "camera_frame data.jpeg is not a JPEG")
+    return CameraInput(jpeg)
 
 
 def _control(data: dict) -> Interrupt | Gesture | Subscribe:
@@ -197,5 +224,5 @@ def _control(data: dict) -> Interrupt | Gesture | Subscribe:
             flags[field] = value
         return Subscribe(**flags)
     if isinstance(command, str):
-        raise ProtocolError("unknown_command", f"unknown control command {command!r}; known: interrupt, gesture, subscribe")
+        raise ProtocolError("unknown_command", f"unknown control command {quote(command)}; known: interrupt, gesture, subscribe")
     raise ProtocolError("bad_message", 'control needs a string data.command')

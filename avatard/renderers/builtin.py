@@ -27,6 +27,10 @@ from .speech_buffer import SpeechBuffer
 
 logger = logging.getLogger("avatard.renderer")
 
+# Scheduler passes the clock yields before drawing a frame: enough for a status event to go from the
+# event bus through the WebSocket event pump and a client's sender to its socket (three task hops).
+YIELDS_BEFORE_DRAW = 4
+
 
 
 class BuiltinRenderer:
@@ -42,6 +46,7 @@ class BuiltinRenderer:
         self._animator = Animator(fps, seed=seed)
         self._speech = SpeechBuffer()
         self._flushed = True
+        self._starting = False  # speech pushed while idle, not yet a whole frame: re-phase once it is
         self._speaking = SpeakingTracker(events, latency)
         self.frames_rendered = 0
         self.frames_dropped = 0  # the fan-out did not take a frame in time
@@ -72,13 +77,16 @@ class BuiltinRenderer:
     async def push_audio(self, samples: np.ndarray) -> bool:
         """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it.
 
-        Speech that starts while the avatar is idle re-phases the clock: its first frame goes out now
-        instead of at the next tick of an arbitrary grid.
+        Speech that starts while the avatar is idle re-phases the clock: its first frame goes out as soon
+        as a whole frame of it is queued, instead of at the next tick of an arbitrary grid. (A frame made
+        from a first chunk shorter than a frame -- Gemini's first 40 ms at 24 kHz come out of the resampler
+        as 30 -- would be padded with silence in the middle of the first word.)
         """
-        idle = not self.speaking and self._speech.pending == 0
+        self._starting = self._starting or (not self.speaking and self._speech.pending == 0)
         self._flushed = False
         queued = await self._speech.put(samples)
-        if queued and idle and self._clock is not None:
+        if queued and self._starting and self._speech.pending >= self.samples_per_frame and self._clock is not None:
+            self._starting = False
             self._clock.rephase()
         return queued
 
@@ -91,6 +99,7 @@ class BuiltinRenderer:
         dropped = self._speech.clear()
         self._animator.interrupt()
         self._flushed = True
+        self._starting = False
         if self._clock is not None:
             self._clock.rephase()  # the silent, closed-mouth frame goes out now, not at the next tick
         return dropped
@@ -122,16 +131,20 @@ class BuiltinRenderer:
     async def _render(self, index: int, timestamp: float) -> Frame:
         generation = self._speech.generation
         audio, real = self._speech.take(self.samples_per_frame)
+        self._starting = self._starting and not real  # speech has started on the grid (a tick came first)
         self._speaking.frame(real, turn_over=self._flushed)
         pose = self._animator.next_pose(audio)
-        # Drawing is the one costly step (~1.5 ms at 512x512 on a quiet box, several on a busy one) and a
-        # pure function of the pose, so it runs in a worker thread (OpenCV releases the GIL): meanwhile the
-        # trio thread keeps sending what is already due -- an interrupt's status, the last frame's audio.
-        # A frame drawn across an interrupt carries the old generation and is silenced by the fan-out.
-        image = await trio.to_thread.run_sync(face.draw, pose, self.width, self.height)
+        # Drawing is the one costly step (~1.5 ms at 512x512 on a quiet box, several on a busy one) and it
+        # holds the trio thread. What is already due goes first: an interrupt's status and the last frame's
+        # audio are a few task steps from the socket (event pump, client sender, trio-websocket), so the
+        # clock lets them run before it draws. Rejected: drawing in a worker thread -- the same effect, but
+        # the hand-off cost 2 % of a core at 25 fps (bench/render.py), more than the budget for this change.
+        for _ in range(YIELDS_BEFORE_DRAW):
+            await trio.lowlevel.checkpoint()
+        image = face.draw(pose, self.width, self.height)
         frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,
                       generation=generation, mouth=pose.mouth, gesture=pose.gesture)
-        # Interrupted while drawing: report (and send) it as the sinks will play it, silent.
+        # Interrupted while yielding: report (and send) it as the sinks will play it, silent.
         frame = silence_if_stale(frame, self._speech.generation)
         self.frames_rendered += 1
         self.last_frame = frame

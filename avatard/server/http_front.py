@@ -8,6 +8,8 @@ hands it the bytes we already read before reading on from the socket.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import importlib.resources
 import json
 import mimetypes
@@ -90,6 +92,25 @@ class ReplayStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+def handshake_problem(head: RequestHead) -> tuple[int, str, tuple] | None:
+    """Why an upgrade request is not a WebSocket handshake we accept (status, text, headers), or None.
+
+    Answered here, not by trio-websocket: its ``wrap_server_stream`` answers a refused handshake but
+    never returns, so every refusal would leak its task and socket (issue 17).
+    """
+    if head.headers.get("sec-websocket-version") != "13":
+        return 426, "WebSocket version 13 required", (("sec-websocket-version", "13"),)
+    if "upgrade" not in (token.strip().lower() for token in head.headers.get("connection", "").split(",")):
+        return 400, "Connection: Upgrade required", ()
+    key = head.headers.get("sec-websocket-key", "")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        return 400, "Sec-WebSocket-Key must be 16 bytes in base64", ()
+    return None
 
 
 def static_file(path: str) -> tuple[bytes, str] | None:

@@ -35,7 +35,7 @@ from ...constants import RATE
 from ...core.aio_bridge import open_asyncio_loop
 from ...core.events import EventBus
 from ...core.latency import LatencyMeter
-from ...core.messages import SayText, UserAudio, UserText
+from ...core.messages import CameraFrame, SayText, UserAudio, UserText
 from ...errors import BrainFailed
 from .. import voice
 from ..keyword_gestures import KeywordGestures
@@ -44,7 +44,7 @@ from . import failures
 from .client import load_credentials, make_client
 from .generations import REALTIME_TEXT, generation_for
 from .live_setup import connect_config
-from .outbox import AUDIO, TEXT, Outbox
+from .outbox import AUDIO, TEXT, VIDEO, Outbox
 from .receiver import GO_AWAY, Receiver
 from .speech import ModelSpeech
 from .transcripts import Transcripts
@@ -60,6 +60,7 @@ END_OF_SPEECH_DELAY = END_SILENCE_BLOCKS * BLOCK / RATE
 
 class GeminiBrain:
     name = "gemini"
+    sees = True  # camera frames go to the model (send_realtime_input(video=...))
 
     def __init__(self, *, config, renderer, events: EventBus, latency: LatencyMeter, keywords: KeywordGestures) -> None:
         self._config = config
@@ -76,14 +77,18 @@ class GeminiBrain:
         self._outbox = Outbox()
         self._say_send, self._say_receive = trio.open_memory_channel(SAY_QUEUE)
         self._say_scope: trio.CancelScope | None = None
+        self._interrupts = 0  # a say queued before the latest interrupt is skipped
         self._speech = ModelSpeech(renderer, latency)
         self._transcripts = Transcripts(events, keywords, self._gesture)
         self._receiver: Receiver | None = None  # built in run(), when the controls are known
         self._vad = EndOfUtterance()
+        self.video_sent = 0
+        self._video_dropped_offline = 0  # frames that came while not connected
 
     # -- the brain interface ------------------------------------------------------------------------
 
     def interrupt(self) -> None:
+        self._interrupts += 1
         while True:
             try:
                 self._say_receive.receive_nowait()
@@ -98,10 +103,16 @@ class GeminiBrain:
         receiver = self._receiver
         return {"brain": self.name, "brain_state": self.state, "brain_failure": self.failure,
                 "turns": self._transcripts.turns, "reconnects": self.reconnects,
-                "audio_dropped": self._outbox.audio_dropped, "gemini_model": self._config.gemini_model,
+                "audio_dropped": self._outbox.audio_dropped, "model_video_dropped": self.video_dropped,
+                "model_video_sent": self.video_sent, "gemini_model": self._config.gemini_model,
                 "gemini_rules": self.generation.name,
                 "prompt_tokens": receiver.prompt_tokens if receiver else 0,
                 "response_tokens": receiver.response_tokens if receiver else 0}
+
+    @property
+    def video_dropped(self) -> int:
+        """Camera frames not sent: they came while the session was not connected, or were stale by then."""
+        return self._video_dropped_offline + self._outbox.video_dropped
 
     def _gesture(self, name: str) -> None:
         self._receiver.gesture(name)
@@ -183,6 +194,7 @@ class GeminiBrain:
                 delay = failures.backoff(attempt)
             logger.warning("Gemini connection ended (%s); reconnecting in %.1f s", reason, delay)
             self._receiver.end_turn(cut=True)
+            self._outbox.drop_video()
             # Announced before the wait, so nobody sees "connected" during the backoff.
             self._set_state("reconnecting", attempt=attempt, delay=round(delay, 2))
             await trio.sleep(delay)
@@ -193,17 +205,23 @@ class GeminiBrain:
         async with inputs:
             async for message in inputs:
                 if isinstance(message, SayText):
-                    await self._say_send.send(message.text)
+                    await self._say_send.send((message.text, self._interrupts))
                 elif self.state == "failed":
                     self._events.publish("error", code="brain_failed", message=f"Gemini is unavailable: {self.failure}")
                 elif isinstance(message, UserText):
                     if self._outbox.put_turn(message.text):
-                        self._transcripts.typed(message.text)
+                        self._transcripts.typed(message.text, message.source)
                     else:
                         self._events.publish("error", code="busy",
                                              message="too many turns waiting for the Gemini connection; try again")
                 elif isinstance(message, UserAudio):
+                    self._transcripts.user_source = message.source
                     self._queue_audio(message.samples)
+                elif isinstance(message, CameraFrame):
+                    if self.state == "connected":
+                        self._outbox.put_video(message.jpeg)
+                    else:  # a picture held through a reconnect would be stale: drop it, counted
+                        self._video_dropped_offline += 1
 
     def _queue_audio(self, samples) -> None:
         if not self._outbox.put_audio(samples.astype("<i2").tobytes()) and self._outbox.audio_dropped % 100 == 1:
@@ -218,6 +236,9 @@ class GeminiBrain:
         if item.kind == AUDIO:
             return functools.partial(session.send_realtime_input,
                                      audio=types.Blob(data=item.payload, mime_type=f"audio/pcm;rate={RATE}"))
+        if item.kind == VIDEO:
+            return functools.partial(session.send_realtime_input,
+                                     video=types.Blob(data=item.payload, mime_type=self.generation.video_mime))
         if item.kind == TEXT:
             if self.generation.typed_turn == REALTIME_TEXT:
                 return functools.partial(session.send_realtime_input, text=item.payload)
@@ -237,13 +258,16 @@ class GeminiBrain:
                 return
             # Sent: only now leave the outbox, so nothing is lost when a connection dies mid-send.
             self._outbox.sent(item)
+            self.video_sent += item.kind == VIDEO
             if item.kind == TEXT:
                 self._latency.user_input_ended()
 
     # -- say -----------------------------------------------------------------------------------------
 
     async def _say_worker(self) -> None:
-        async for text in self._say_receive:
+        async for text, queued_at in self._say_receive:
+            if queued_at != self._interrupts:
+                continue  # queued before an interrupt
             with trio.CancelScope() as scope:
                 self._say_scope = scope
                 await voice.speak(self._renderer, text, functools.partial(

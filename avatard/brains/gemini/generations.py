@@ -37,6 +37,9 @@ class Generation:
     refuses: frozenset[str]
     # Function calls run NON_BLOCKING (the model keeps talking) and a FunctionResponse may carry ``scheduling``.
     non_blocking_tools: bool
+    # How a camera frame is sent: send_realtime_input(video=Blob(mime_type=video_mime)), "JPEG frames <= 1 fps"
+    # on every generation so far (the spec's "video input" row); the rate is kept by avatard.core.vision.
+    video_mime: str = "image/jpeg"
     # Ids this generation's docs call current: named in the failure when a server refuses a model.
     current: tuple[str, ...] = ()
 

@@ -1,6 +1,6 @@
 """What waits to be sent to Gemini: kept across reconnects, so nothing typed or said is lost to a drop.
 
-Two bounded queues and one wake-up event. The sender peeks at the front item, sends it, and only then removes
+Two bounded queues, a one-picture slot and one wake-up event. The sender peeks at the front item, sends it, and only then removes
 it (:meth:`Outbox.sent`): a connection that dies mid-send leaves the item for the next connection.
 """
 
@@ -22,20 +22,24 @@ OUTBOX_TURNS = 16
 TEXT = "text"
 TOOL = "tool"
 AUDIO = "audio"
+VIDEO = "video"
 
 
 @attrs.define(eq=False)  # identity: the sender removes exactly the item it sent
 class Outgoing:
-    kind: str  # TEXT, TOOL or AUDIO
-    payload: object  # str, list[types.FunctionResponse], or bytes of s16le audio
+    kind: str  # TEXT, TOOL, AUDIO or VIDEO
+    payload: object  # str, list[types.FunctionResponse], bytes of s16le audio, or bytes of a JPEG
 
 
 class Outbox:
     def __init__(self) -> None:
         self._audio: collections.deque[Outgoing] = collections.deque(maxlen=OUTBOX_AUDIO)
         self._turns: collections.deque[Outgoing] = collections.deque()
+        # The newest camera frame: a newer one replaces it (counted), since a late picture is a wrong picture.
+        self._video: Outgoing | None = None
         self._ready = trio.Event()
         self.audio_dropped = 0
+        self.video_dropped = 0
 
     def put_audio(self, pcm: bytes) -> bool:
         """Queue audio; False if the oldest chunk had to be dropped to make room."""
@@ -45,6 +49,17 @@ class Outbox:
         self._audio.append(Outgoing(AUDIO, pcm))
         self._ready.set()
         return not full
+
+    def put_video(self, jpeg: bytes) -> None:
+        """Queue a camera frame in the one-picture slot (newest wins)."""
+        self.video_dropped += self._video is not None
+        self._video = Outgoing(VIDEO, jpeg)
+        self._ready.set()
+
+    def drop_video(self) -> None:
+        """The connection ended: a picture is not kept for the next one (it would be stale)."""
+        self.video_dropped += self._video is not None
+        self._video = None
 
     def put_turn(self, text: str) -> bool:
         """Queue a typed turn; False (nothing queued) if OUTBOX_TURNS are already waiting."""
@@ -72,15 +87,22 @@ class Outbox:
         return cancelled
 
     async def next(self) -> Outgoing:
-        """The item to send next (turns and tool responses before audio), left in place until :meth:`sent`."""
-        while not (self._turns or self._audio):
+        """The item to send next (turns and tool responses, then a picture, then audio), left in place until
+        :meth:`sent`. A picture goes before audio so what the user says next is heard with it in view."""
+        while not (self._turns or self._video or self._audio):
             self._ready = trio.Event()
             await self._ready.wait()
-        return self._turns[0] if self._turns else self._audio[0]
+        if self._turns:
+            return self._turns[0]
+        return self._video if self._video is not None else self._audio[0]
 
     def sent(self, item: Outgoing) -> None:
         # Remove what was sent, not what is in front now: a tool response may have jumped ahead of it meanwhile
         # (and audio may already have been evicted by maxlen while it was being sent).
+        if item.kind == VIDEO:
+            if self._video is item:
+                self._video = None
+            return
         queue = self._audio if item.kind == AUDIO else self._turns
         try:
             queue.remove(item)

@@ -16,21 +16,23 @@ class Transcripts:
         self._user = ""
         self._assistant = ""
         self.turns = 0
+        self.user_source = "unknown"  # who sent the audio being transcribed: user transcripts go back to it
 
-    def typed(self, text: str) -> None:
-        """A typed turn: final at once."""
+    def typed(self, text: str, source: str) -> None:
+        """A typed turn from ``source``: final at once."""
         self.turns += 1
-        self._events.publish("transcription", role="user", text=text, is_final=True)
+        self._events.publish("transcription", role="user", text=text, is_final=True, source=source)
         self._events.publish("status", status="thinking")
 
     def heard(self, delta: str) -> None:
         self._user += delta
-        self._events.publish("transcription", role="user", text=self._user.strip(), is_final=False)
+        self._events.publish("transcription", role="user", text=self._user.strip(), is_final=False,
+                             source=self.user_source)
 
     def finish_user(self) -> None:
         """The model started answering: what was heard so far is the user's final turn."""
         if self._user.strip():
-            self.typed(self._user.strip())
+            self.typed(self._user.strip(), self.user_source)
         self._user = ""
 
     def said(self, delta: str, *, discarding: bool) -> None:

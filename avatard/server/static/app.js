@@ -180,6 +180,7 @@ const ui = {
   gestureBadge: $('gesture-badge'),
   soundOverlay: $('sound-overlay'),
   talk: $('talk'),
+  camera: $('camera'),
   talkLabel: $('talk-label'),
   meter: $('meter'),
   interrupt: $('interrupt'),
@@ -779,6 +780,11 @@ const BRAIN = {
 
 function onStatus(data) {
   const status = String(data.status ?? '');
+  if (status.startsWith('camera_')) {  // the camera indicator, not the avatar's activity
+    camera.toModel = status === 'camera_sending';
+    renderCamera();
+    return;
+  }
   state.lastStatus = status;
   if (status === 'connected') {
     state.clientId = data.client_id ?? null;
@@ -926,9 +932,64 @@ const conn = new Connection(webSocketUrl(), {
   onBinary,
 });
 
+// ------------------------------------------------------------------ camera
+
+/**
+ * The Camera button: getUserMedia video, one JPEG a second (the server's and Gemini Live's limit), at most
+ * 768 px on the long side, sent as {"type": "camera_frame", "data": {"jpeg": BASE64}} (docs/protocol.md).
+ * The button reads "Camera → model" while the server says frames reach the model (status camera_sending).
+ */
+const CAMERA_INTERVAL_MS = 1000;
+const CAMERA_MAX_SIDE = 768;
+const CAMERA_QUALITY = 0.8;
+const camera = { stream: null, timer: null, video: null, canvas: document.createElement('canvas'), toModel: false };
+
+async function cameraFrame() {
+  const v = camera.video;
+  if (!v || !v.videoWidth) return;
+  const scale = Math.min(1, CAMERA_MAX_SIDE / Math.max(v.videoWidth, v.videoHeight));
+  camera.canvas.width = Math.round(v.videoWidth * scale);
+  camera.canvas.height = Math.round(v.videoHeight * scale);
+  camera.canvas.getContext('2d').drawImage(v, 0, 0, camera.canvas.width, camera.canvas.height);
+  const blob = await new Promise((resolve) => camera.canvas.toBlob(resolve, 'image/jpeg', CAMERA_QUALITY));
+  if (!blob) return;
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  conn.send({ type: 'camera_frame', data: { jpeg: btoa(binary) } });
+}
+
+function renderCamera() {
+  const on = camera.stream !== null;
+  ui.camera.classList.toggle('active', on);
+  ui.camera.setAttribute('aria-pressed', String(on));
+  $('camera-label').textContent = on ? (camera.toModel ? 'Camera → model' : 'Camera on') : 'Camera';
+}
+
+async function toggleCamera() {
+  if (camera.stream) {
+    clearInterval(camera.timer);
+    camera.stream.getTracks().forEach((t) => t.stop());
+    camera.stream = camera.video = null;
+  } else {
+    try {
+      camera.stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    } catch (err) {
+      toast(`Camera unavailable: ${err.message ?? err}`);
+      return;
+    }
+    camera.video = Object.assign(document.createElement('video'), { muted: true, playsInline: true });
+    camera.video.srcObject = camera.stream;
+    await camera.video.play();
+    camera.timer = setInterval(cameraFrame, CAMERA_INTERVAL_MS);
+  }
+  renderCamera();
+}
+
 // ------------------------------------------------------------------ wiring
 
 ui.talk.addEventListener('click', () => { resumeAudio(); toggleMic(); });
+ui.camera.addEventListener('click', toggleCamera);
 ui.interrupt.addEventListener('click', () => {
   resumeAudio();
   player.flush();   // silence now; the server confirms with status "interrupted"
