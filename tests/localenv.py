@@ -8,7 +8,7 @@ desktop; the daemon is pointed at our server with ``PULSE_SERVER``. Sound the da
 
 :meth:`Pulse.room` adds the room of a kiosk: the speaker sink's monitor looped (``module-loopback``) into
 the microphone's feed, so the microphone hears the avatar some tens of milliseconds late, while a
-"visitor" still talks straight into the feed with :meth:`Pulse.talk`. :func:`talk_over` is the scene the
+"visitor" (:class:`Visitor`, one stream open for the room's whole life) still talks straight into the feed. :func:`talk_over` is the scene the
 room tests and ``bench/aec.py`` share: the visitor talks over the avatar, and what the daemon made of it.
 """
 
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import attrs
 import numpy as np
-import soundfile
 
 SPEAKER_SINK = "avatard_speaker"
 MIC_FEED_SINK = "avatard_mic_feed"
@@ -90,19 +89,18 @@ class Pulse:
         """Speak ``path`` into the microphone (blocks until played)."""
         subprocess.run(["paplay", "-d", MIC_FEED_SINK, str(path)], env=self.client_env(), check=True, timeout=60)
 
-    def talk(self, path: Path) -> subprocess.Popen:
-        """Start speaking ``path`` into the microphone and return at once (the caller waits for it)."""
-        return subprocess.Popen(["paplay", "-d", MIC_FEED_SINK, "--latency-msec=20", str(path)], env=self.client_env())
-
     @contextlib.contextmanager
     def room(self, latency_ms: int):
-        """While inside, the microphone also hears the speaker, ``latency_ms`` later (the loopback's own buffer)."""
+        """While inside, the microphone also hears the speaker, ``latency_ms`` later (the loopback's own buffer);
+        yields the room's :class:`Visitor`, silent until told to talk."""
+        visitor = Visitor(self.client_env())
         loaded = subprocess.run(["pactl", "load-module", "module-loopback", f"source={SPEAKER_SINK}.monitor",
                                  f"sink={MIC_FEED_SINK}", f"latency_msec={latency_ms}", "source_dont_move=true",
                                  "sink_dont_move=true"], env=self.client_env(), capture_output=True, text=True, check=True)
         try:
-            yield
+            yield visitor
         finally:
+            visitor.close()
             subprocess.run(["pactl", "unload-module", loaded.stdout.strip()], env=self.client_env(), check=True)
 
     def listen(self, device: str = f"{SPEAKER_SINK}.monitor") -> Monitor:
@@ -114,6 +112,63 @@ class Pulse:
         self.proc.wait(5)
         self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Visitor:
+    """A stream into the microphone's feed that plays silence until :meth:`say` gives it speech (the room's).
+
+    Not a ``paplay`` per utterance: a stream joining the feed sink makes PulseAudio rewind and re-mix it,
+    and the room's loopback into the same sink jumped with it -- the echo canceller then leaked the
+    avatar's echo just as the visitor began (a self-interrupt on ~1 run in 3 of bench/aec.py). People
+    starting to talk do not move a room's echo path. Written in real time, 60 ms ahead of the clock.
+    """
+
+    AHEAD = 0.06
+
+    def __init__(self, env: dict) -> None:
+        self._proc = subprocess.Popen(["pacat", "--playback", "-d", MIC_FEED_SINK, "--format=s16le", f"--rate={RATE}",
+                                       "--channels=1", "--latency-msec=30", "--raw"], env=env, stdin=subprocess.PIPE)
+        self._queue: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._said = threading.Event()
+        self._said.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+        self._thread.start()
+
+    def say(self, samples: np.ndarray) -> threading.Event:
+        """Queue ``samples`` (16 kHz); the returned event is set once all of them were handed to the stream."""
+        with self._lock:
+            self._said = threading.Event()
+            self._queue = [samples[i:i + 160] for i in range(0, len(samples), 160)]
+            return self._said
+
+    def _write(self) -> None:
+        silence = np.zeros(160, np.int16)
+        start, written = time.monotonic(), 0
+        while not self._stop.is_set():
+            ahead = written / RATE - (time.monotonic() - start)
+            if ahead > self.AHEAD:
+                time.sleep(ahead - self.AHEAD)
+                continue
+            if ahead < -0.2:  # starved for a while (a loaded box): start the clock again
+                start, written = time.monotonic(), 0
+            with self._lock:
+                chunk = self._queue.pop(0) if self._queue else silence
+                if not self._queue:
+                    self._said.set()
+            try:
+                self._proc.stdin.write(chunk.astype("<i2").tobytes())
+                self._proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                return
+            written += len(chunk)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._proc.kill()
+        self._proc.wait()
 
 
 class Monitor:
@@ -348,38 +403,38 @@ class TalkOver:
         return self.interrupted - self.onset
 
 
-def talk_over(pulse: Pulse, watcher, workdir: Path, *, settle: float = 3.0, sentence: str = VISITOR_SENTENCE) -> TalkOver:
-    """With the avatar about to talk at length (the caller queued it, in a room) and ``watcher`` subscribed to
-    status and transcription events: once it talks, wait ``settle`` s (the canceller converges within the
-    first second or two), then the visitor says ``sentence`` over it. Returns once the avatar echoed it.
+def talk_over(pulse: Pulse, visitor: Visitor, watcher, *, settle: float = 3.0,
+              sentence: str = VISITOR_SENTENCE) -> TalkOver:
+    """With the avatar about to talk at length (the caller queued it, in the room of ``visitor``) and
+    ``watcher`` subscribed to status and transcription events: once it talks, wait ``settle`` s (the
+    canceller converges within the first second or two), then the visitor says ``sentence`` over it.
+    Returns once the avatar echoed it.
 
     The onset is taken from the samples that reached the microphone source (the visitor's waveform found in
     a recording of it, plus the file's first voiced block), not from when paplay started.
     """
     from avatard.brains import tts
-    visitor = tts.synthesize(sentence)
-    path = workdir / "visitor.wav"
-    soundfile.write(path, visitor, RATE)
+    speech = tts.synthesize(sentence)
     microphone = pulse.listen(MIC_SOURCE)  # what the daemon's microphone hears: the echo, then the visitor too
     speaker = pulse.listen()
     try:
         watcher.events_until(lambda e: e.get("status") == "speaking", 20)
         time.sleep(settle)
         started = time.monotonic()
-        talking = pulse.talk(path)
+        said = visitor.say(speech)
         watcher.events_until(lambda e: e.get("status") == "interrupted", 10)
         interrupted = time.monotonic()
-        while_talking = talking.poll() is None
-        assert talking.wait(30) == 0
+        while_talking = not said.is_set()
+        assert said.wait(30)
         user = watcher.events_until(lambda e: e.get("role") == "user", 10)[-1]
         watcher.events_until(lambda e: e.get("status") == "speaking", 10)
         watcher.events_until(lambda e: e.get("status") == "listening", 20)
         time.sleep(0.5)  # the speaker plays a ring and a device buffer behind the renderer
         heard = microphone.samples(started)
-        onset = microphone.arrival(find(visitor, heard) + voice_onset(visitor), started)
+        onset = microphone.arrival(find(speech, heard) + voice_onset(speech), started)
         echoed = speaker.samples(interrupted + 0.5)
     finally:
         microphone.close()
         speaker.close()
-    return TalkOver(visitor=visitor, onset=onset, interrupted=interrupted, interrupted_while_talking=while_talking,
+    return TalkOver(visitor=speech, onset=onset, interrupted=interrupted, interrupted_while_talking=while_talking,
                     user=user, echoed=echoed)

@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import trio
 from localenv import (LONG_SENTENCE, Pulse, Xvfb, best_correlation, developed, envelope, loud, say_for,
-                      speech_seconds, talk_over)
+                      speech_seconds, talk_over, voice_onset)
 
 from avatard.brains import tts, voice
 from avatard.core.audio import rms_dbfs
@@ -268,13 +268,14 @@ def test_metrics_show_the_echo_canceller_and_barge_in():
     from avatard.core import metrics
     status = {"clients": 0, "uptime_s": 1.0, "speaking": True, "client_list": [], "brain": "local",
               "brain_state": "connected",
-              "local_io": {"microphone": {"barge_ins": 3, "self_interrupts": 1},
+              "local_io": {"microphone": {"barge_ins": 3, "self_interrupts": 1, "self_interrupts_prevented": 2},
                            "echo_canceller": {"aec": True, "delay_ms": 180.0, "erle_db": None, "frames_processed": 500}}}
     registry = metrics.make_registry()
     metrics.bind(registry, lambda: status)
     text = metrics.render(registry).decode()
     for line in ("avatard_aec_enabled 1.0", "avatard_aec_delay_ms 180.0", "avatard_aec_frames_processed_total 500.0",
-                 "avatard_barge_ins_total 3.0", "avatard_self_interrupts_total 1.0"):
+                 "avatard_barge_ins_total 3.0", "avatard_self_interrupts_total 1.0",
+                 "avatard_self_interrupts_prevented_total 2.0"):
         assert line in text.splitlines(), line
     assert "avatard_aec_erle_db" not in text, "not measured yet: no sample rather than a made-up 0"
     status["local_io"] = {}
@@ -399,6 +400,24 @@ def test_bad_aec_values_are_one_line_and_exit_2(tmp, args, env, expected):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(expected)
+
+
+def test_without_the_echo_canceller_package(local, tmp, pulse, xvfb):
+    # As on Python 3.10, where pyproject.toml's marker leaves aec-audio-processing out: a package of that
+    # name that fails to import, first on the path.
+    shim = tmp / "no_aec" / "aec_audio_processing"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named aec_audio_processing')\n")
+    path = os.pathsep.join(filter(None, [str(shim.parent), os.environ.get("PYTHONPATH")]))
+    result = run_avatard(tmp, "--aec", "on", env={"PYTHONPATH": path, **pulse.env, **xvfb.env()})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("avatard: error: --aec: the echo canceller is not available")
+    assert "pip install aec-audio-processing" in result.stderr
+    daemon = local(env={"PYTHONPATH": path})  # --aec auto: runs without it, barge-in off as before
+    info = local_io(daemon)
+    assert info["echo_canceller"]["aec"] is False and info["microphone"]["barge_in"] is False
+    assert "the echo canceller is not available" in daemon.log()
 
 
 def test_missing_portaudio_is_one_line_with_the_fix(tmp, xvfb):
@@ -573,23 +592,26 @@ def test_with_echo_cancellation_the_avatar_does_not_interrupt_itself(local, puls
     assert canceller["erle_db"] >= 20
 
 
-def test_a_visitor_talks_over_the_avatar_and_is_heard(local, pulse, tmp):
+def test_a_visitor_talks_over_the_avatar_and_is_heard(local, pulse):
     # How fast the interrupt comes is bench/aec.py's (goal 400 ms from the visitor's onset); here, that it does.
-    with pulse.room(ROOM_LATENCY_MS):
+    with pulse.room(ROOM_LATENCY_MS) as visitor:
         daemon = local("--barge-in", "on", "--aec", "on")
         wait_flowing(daemon)
         watcher = daemon.control()
         assert watcher.request("subscribe", events=["status", "transcription"])["ok"]
         say_for(lambda text: daemon.ctl("say", text).returncode == 0, 20)
-        talk = talk_over(pulse, watcher, tmp)
+        talk = talk_over(pulse, visitor, watcher)
     info = local_io(daemon)
     print(f"visitor's onset at the microphone to interrupt: {talk.latency * 1000:.0f} ms; {info['microphone']} "
           f"{info['echo_canceller']}; brain got {talk.user['text']}")
     assert talk.interrupted_while_talking, "the avatar gave way while the visitor was still talking"
-    assert info["microphone"]["barge_ins"] == 1 and info["microphone"]["self_interrupts"] == 0
+    assert info["microphone"]["barge_ins"] == 1, "the visitor's onset interrupted, and nothing else did"
     seconds = float(talk.user["text"].strip("[]").split()[0])
     assert seconds == pytest.approx(len(talk.visitor) / 16000, abs=0.6), "the visitor's utterance, whole"
-    assert best_correlation(envelope(talk.echoed), envelope(talk.visitor)) > 0.8, "the brain got the visitor's words"
+    # What the visitor said once the avatar had stopped (its echo gone, 0.3 s after the interrupt): while both
+    # talked AEC3's suppressor mutes much of the visitor (bench/aec.py's double-talk figure).
+    after = voice_onset(talk.visitor) + max(0, round((talk.latency + 0.3) * 16000))
+    assert best_correlation(envelope(talk.echoed), envelope(talk.visitor[after:])) > 0.8, "the brain got the visitor's words"
 
 
 # -- the window -----------------------------------------------------------------------------------------

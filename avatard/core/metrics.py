@@ -41,6 +41,8 @@ AEC_COUNTERS = {
     ("microphone", "barge_ins"): ("avatard_barge_ins", "Interrupts made by the local microphone's barge-in detection."),
     ("microphone", "self_interrupts"): ("avatard_self_interrupts", "Barge-ins while nobody but the avatar was talking "
                                         "(judged from the microphone before cancellation against the speaker's signal)."),
+    ("microphone", "self_interrupts_prevented"): ("avatard_self_interrupts_prevented", "Speech onsets so judged that "
+                                                  "did not interrupt (the echo canceller runs)."),
 }
 AEC_GAUGES = {
     ("echo_canceller", "aec"): ("avatard_aec_enabled", "1 while acoustic echo cancellation runs on the microphone."),

@@ -6,7 +6,9 @@ watched while the avatar speaks, and a sustained rise above :data:`ONSET_DBFS` i
 
 Each onset is also judged: the echo meter flags 10 ms frames where the microphone *before*
 cancellation was louder than the avatar's echo explains. An onset with few such frames was the avatar
-hearing itself (a self-interrupt): counted, so a room where the canceller fails shows up in status.
+hearing itself (a self-interrupt). With the echo canceller running it does not interrupt (the canceller
+leaked, see :mod:`avatard.local.microphone`); either way it is counted, so a room where the canceller
+fails shows up in status.
 """
 
 from __future__ import annotations

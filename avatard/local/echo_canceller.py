@@ -103,6 +103,7 @@ class EchoCanceller:
         self._pending = np.zeros(0, np.int16)  # microphone samples short of a whole frame
         self.meter = EchoMeter()
         self.frames_processed = 0
+        self._adapting_since = 0  # the meter's speech_frames when the canceller last started to adapt
 
     @classmethod
     def open(cls, tap: ReferenceTap, *, enabled: bool, noise_suppression: bool) -> EchoCanceller:
@@ -155,9 +156,21 @@ class EchoCanceller:
         self._reference = reference[whole:].copy()
 
     @property
+    def cancelling(self) -> bool:
+        return self._processor is not None
+
+    def readapt(self) -> None:
+        """After a barge-in: AEC3 adapted its filter during the double talk and leaks the start of the
+        avatar's next answer (in the room tests and bench/aec.py that answer's own echo interrupted it, a
+        self-interrupt); converge again on that answer, as at start-up. Trio's thread marks; only the
+        microphone's thread counts speech frames."""
+        self._adapting_since = self.meter.speech_frames
+
+    @property
     def converging(self) -> bool:
-        """AEC on, but not yet adapted: the microphone still carries echo (any thread may ask)."""
-        return self._processor is not None and self.meter.speech_frames < CONVERGENCE_FRAMES
+        """AEC on, but not yet adapted (since start-up or the last barge-in): the microphone still carries
+        echo (any thread may ask)."""
+        return self._processor is not None and self.meter.speech_frames - self._adapting_since < CONVERGENCE_FRAMES
 
     def status(self) -> dict:
         return {"aec": self._processor is not None, "converging": self.converging, "noise_suppression": self.noise_suppression,
