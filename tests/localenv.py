@@ -382,6 +382,12 @@ def voice_onset(samples: np.ndarray) -> int:
     return int(np.argmax(envelope(samples) > 300)) * 320
 
 
+def voice_end(samples: np.ndarray) -> int:
+    """The last sample of the last 20 ms block with voice in it."""
+    voiced = envelope(samples) > 300
+    return (len(voiced) - int(np.argmax(voiced[::-1]))) * 320 - 1
+
+
 def say_for(say, seconds: float) -> None:
     """Queue enough of LONG_SENTENCE (~15 s each, at espeak's pace) for the avatar to talk ``seconds``;
     ``say(text)`` queues one and returns whether that worked."""
@@ -394,7 +400,7 @@ class TalkOver:
     visitor: np.ndarray  # what the visitor said (16 kHz)
     onset: float  # when the visitor's first word reached the microphone (monotonic)
     interrupted: float  # when the ``interrupted`` event reached us
-    interrupted_while_talking: bool  # ... before the visitor had finished
+    interrupted_while_talking: bool  # ... before the visitor's last word reached the microphone
     user: dict  # the brain's ``transcription`` event for the visitor's utterance
     echoed: np.ndarray  # what the speaker played from 0.5 s after the interrupt: the offline brain's echo
 
@@ -424,14 +430,15 @@ def talk_over(pulse: Pulse, visitor: Visitor, watcher, *, settle: float = 3.0,
         said = visitor.say(speech)
         watcher.events_until(lambda e: e.get("status") == "interrupted", 10)
         interrupted = time.monotonic()
-        while_talking = not said.is_set()
         assert said.wait(30)
         user = watcher.events_until(lambda e: e.get("role") == "user", 10)[-1]
         watcher.events_until(lambda e: e.get("status") == "speaking", 10)
         watcher.events_until(lambda e: e.get("status") == "listening", 20)
         time.sleep(0.5)  # the speaker plays a ring and a device buffer behind the renderer
         heard = microphone.samples(started)
-        onset = microphone.arrival(find(speech, heard) + voice_onset(speech), started)
+        at = find(speech, heard[:len(speech) + 2 * RATE])  # not later: the avatar's echo of it is a copy
+        onset = microphone.arrival(at + voice_onset(speech), started)
+        while_talking = interrupted < microphone.arrival(at + voice_end(speech), started)
         echoed = speaker.samples(interrupted + 0.5)
     finally:
         microphone.close()
