@@ -102,8 +102,9 @@ class EchoMeter:
         self._mic_bands = np.zeros((WINDOW_FRAMES, BANDS))  # per microphone frame, before cancellation
         self._reference_spectrum, self._mic_spectrum = _Spectrum(), _Spectrum()
         self.band_gain_db = np.zeros(BANDS)
-        # Nobody else is judged to talk until the band gains are measured: with Geigel's assumption (echo
-        # as loud as the reference) in their place the judge flagged most frames of the avatar's first seconds.
+        # Nobody else is judged to talk until the band gains are measured over a whole window: with Geigel's
+        # assumption (echo as loud as the reference) in their place the judge flagged most frames of the
+        # avatar's first seconds.
         self._calibrated = False
         self._noise_bands = np.zeros(BANDS)  # the microphone's floor per band
         self._references = 0
@@ -189,7 +190,9 @@ class EchoMeter:
             self.gain_db = float(np.median(mic[active] - ref[active]))
             slots = (self._at - 1 - (self.delay_frames or 0)) % len(self._reference)
             self.band_gain_db = np.median(self._mic_bands[active] - self._reference_bands[slots[active]], axis=0)
-            self._calibrated = True  # with no delay found (no echo heard), against every lag that could echo
+            # With no delay found (no echo heard), against every lag that could echo. Not before the window
+            # is full: gains from the first second misjudged the room tests' echo under load.
+            self._calibrated = self._frames >= WINDOW_FRAMES
         self._noise_bands = np.percentile(self._mic_bands, NOISE_PERCENTILE, axis=0)
         echo = self._echo_only
         if echo.any():

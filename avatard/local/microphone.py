@@ -13,7 +13,9 @@ Barge-in (``--barge-in``): with ``on`` the user can talk over the avatar, and th
 then interrupts itself; for the offline brain, which cannot, the microphone does (``interrupts``): a
 speech onset while the avatar speaks (:mod:`avatard.local.barge_in`) calls ``hub.interrupt`` -- unless
 the echo canceller runs and the onset is judged the avatar's own echo (counted as a self-interrupt
-prevented). Without the canceller (headphones) every onset interrupts. With
+prevented; its audio is kept from the brain, which holds it back by one onset window while the avatar
+speaks, and the microphone waits for the canceller to re-adapt). Without the canceller (headphones)
+every onset interrupts. With
 ``off`` the microphone is gated while the avatar speaks and for :data:`ECHO_TAIL_SECONDS` after: blocks
 are discarded (counted), so the avatar's own voice coming out of open speakers is not taken for the
 user. ``auto`` is ``on`` unless this daemon drives a speaker without echo cancellation (``--aec off``).
@@ -34,8 +36,9 @@ from ..constants import RATE
 from ..core.audio import StreamResampler, downmix
 from ..errors import ConfigError
 from . import devices
-from .barge_in import SpeechOnset
+from .barge_in import ONSET_WINDOW_FRAMES, SpeechOnset
 from .echo_canceller import EchoCanceller
+from .echo_meter import FRAME
 
 logger = logging.getLogger("avatard.microphone")
 
@@ -48,6 +51,10 @@ DEVICE_LATENCY = 0.04
 # The speaker plays the last frames a little after the renderer stops speaking (ring + device buffer),
 # and a room reverberates; keep the gate shut this long after so that tail is not heard as the user.
 ECHO_TAIL_SECONDS = 0.3
+# Barge-in for the offline brain holds back this much audio while the avatar speaks: the onset window, until
+# the onset judge has cleared it (120 ms later for the brain, which only waits for utterances to end).
+HOLD_SAMPLES = ONSET_WINDOW_FRAMES * FRAME
+_NO_AUDIO = np.zeros(0, np.int16)
 
 
 class Microphone:
@@ -74,6 +81,8 @@ class Microphone:
         self.barge_ins = 0  # interrupts this microphone made
         self.self_interrupts = 0  # ... of which nobody but the avatar was talking (judged before cancellation)
         self.self_interrupts_prevented = 0  # onsets so judged that did not interrupt (the canceller runs)
+        self.samples_dropped_as_echo = 0  # ... their audio, kept from the brain
+        self._held = _NO_AUDIO  # the last onset window while the avatar speaks, not yet cleared for the brain
         self.device_overflows = 0  # PortAudio's own report: we were late reading the card
 
     async def run(self, hub, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -144,25 +153,34 @@ class Microphone:
                 continue
             samples = np.concatenate([samples for samples, _ in blocks])
             if self.interrupts:
-                self._watch_for_barge_in(samples, np.concatenate([near_end for _, near_end in blocks]))
+                samples = self._watch_for_barge_in(samples, np.concatenate([near_end for _, near_end in blocks]))
             if len(samples):
                 await self._hub.user_audio(samples, "microphone")
 
-    def _watch_for_barge_in(self, samples: np.ndarray, near_end: np.ndarray) -> None:
+    def _watch_for_barge_in(self, samples: np.ndarray, near_end: np.ndarray) -> np.ndarray:
+        """Returns the audio cleared for the brain: while the avatar speaks, the last onset window is held
+        back until it is known not to be the avatar's own echo (then it is dropped, with what follows)."""
+        held = np.concatenate([self._held, samples]) if len(self._held) else samples
         if not self._hub.speaking:
             self._onset.reset()
-            return
+            self._held = _NO_AUDIO
+            return held
         onset = self._onset.feed(samples, near_end)
         if onset is None:
-            return
+            self._held = held[-HOLD_SAMPLES:]
+            return held[:-HOLD_SAMPLES] if len(held) > HOLD_SAMPLES else _NO_AUDIO
+        self._held = _NO_AUDIO
         if onset.self_interrupt and self._canceller.cancelling:
             # The canceller let some of the avatar's voice through (it re-adapts after the room's echo path
             # moved: in the room tests, a sound server starved by a loaded box) and the judge, which looks at
-            # the microphone before cancellation, heard nobody else: not a reason to stop talking.
+            # the microphone before cancellation, heard nobody else: not a reason to stop talking, nor words
+            # for the brain (it would answer its own echo). The microphone waits for the canceller again.
             self.self_interrupts_prevented += 1
+            self.samples_dropped_as_echo += len(held)
+            self._canceller.readapt()
             logger.info("speech onset judged the avatar's own echo (%.0f %% near-end): not interrupting; "
                         "echo cancellation: %s", onset.near_end_share * 100, self._canceller.status())
-            return
+            return _NO_AUDIO
         self.barge_ins += 1
         if onset.self_interrupt:
             self.self_interrupts += 1
@@ -170,6 +188,7 @@ class Microphone:
                            "echo cancellation: %s", onset.near_end_share * 100, self._canceller.status())
         self._canceller.readapt()
         self._hub.interrupt(self.name)
+        return held
 
     def _gated(self) -> bool:
         if self.barge_in and not self._canceller.converging:
@@ -185,4 +204,5 @@ class Microphone:
                 "blocks_captured": self.blocks_captured, "blocks_dropped": self.blocks_dropped,
                 "blocks_gated": self.blocks_gated, "device_overflows": self.device_overflows,
                 "barge_ins": self.barge_ins, "self_interrupts": self.self_interrupts,
-                "self_interrupts_prevented": self.self_interrupts_prevented}
+                "self_interrupts_prevented": self.self_interrupts_prevented,
+                "samples_dropped_as_echo": self.samples_dropped_as_echo}
