@@ -13,6 +13,7 @@ import click
 import dotenv
 
 from .config import (
+    AEC,
     BARGE_IN,
     BRAINS,
     DEFAULT_GCP_LOCATION,
@@ -53,7 +54,12 @@ OPTIONS = [
     ("--input-device", ["AVATARD_INPUT_DEVICE"], dict(help="Local mode's microphone: name substring or index (see --list-devices) [default: the system's].")),
     ("--output-device", ["AVATARD_OUTPUT_DEVICE"], dict(help="Local mode's speaker: name substring or index (see --list-devices) [default: the system's].")),
     ("--barge-in", ["AVATARD_BARGE_IN"], dict(type=click.Choice(BARGE_IN), default="auto", show_default=True,
-                                             help="Hear the microphone while the avatar speaks; auto = off with local speakers (they echo), else on.")),
+                                             help="Hear the microphone while the avatar speaks; auto = on, except with local speakers "
+                                                  "and --aec off (they echo).")),
+    ("--aec", ["AVATARD_AEC"], dict(type=click.Choice(AEC), default="auto", show_default=True,
+                                   help="Cancel the avatar's echo in the microphone (WebRTC AEC3); auto = on in local mode "
+                                        "when a speaker and a microphone are both in use.")),
+    ("--aec-ns", ["AVATARD_AEC_NS"], dict(is_flag=True, help="Also suppress noise in the microphone (with --aec).")),
     ("--record", ["AVATARD_RECORD"], dict(help="Also record the avatar (picture and voice) to this .mp4 file.")),
     ("--renderer", ["AVATARD_RENDERER"], dict(type=click.Choice(RENDERERS), default="auto", show_default=True,
                                              help="auto = bithuman when --model and --api-secret are set, else builtin.")),

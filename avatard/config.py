@@ -42,6 +42,7 @@ BARGE_IN = ("auto", "on", "off")
 # --tls: the one mode that needs no files (avatard.tls.self_signed); --tls-cert/--tls-key bring a pair.
 TLS_SELF_SIGNED = "self-signed"
 TLS_MODES = (TLS_SELF_SIGNED,)
+AEC = ("auto", "on", "off")
 # --greet model: the arrival becomes a model turn (Gemini greets in its own words) instead of a fixed sentence.
 GREET_MODEL = "model"
 # --greet-after: a day. Longer is a typo; 0 greets every arrival.
@@ -180,6 +181,8 @@ class Config:
     input_device: str | None = None
     output_device: str | None = None
     barge_in: str = attrs.field(default="auto", validator=_one_of("--barge-in", BARGE_IN))
+    aec: str = attrs.field(default="auto", validator=_one_of("--aec", AEC))
+    aec_ns: bool = False
     record: str | None = attrs.field(default=None, validator=_record_path)
     # Added by avatard.
     renderer: str = attrs.field(default="auto", validator=_one_of("--renderer", RENDERERS))
@@ -250,6 +253,8 @@ class Config:
                               "or --vertex with --gcp-project")
         if self.gemini_base_url is not None and not self.gemini_base_url.startswith(("https://", "http://")):
             raise ConfigError(f"--gemini-base-url: {self.gemini_base_url!r} is not an http(s) URL")
+        if self.aec == "on" and not (self.wants_speaker and self.wants_microphone):
+            raise ConfigError("--aec: on needs local mode's speaker and microphone (not --server, not --audio-file)")
         if self.audio_file is not None and not os.access(self.audio_file, os.R_OK):
             raise ConfigError(f"--audio-file: cannot read {self.audio_file}")
         if self.no_auth and self.token is not None:
@@ -314,6 +319,11 @@ class Config:
         return not self.server and self.audio_file is None
 
     @property
-    def barge_in_enabled(self) -> bool:
-        """``auto``: off when our own speaker plays the avatar (open speakers echo into the microphone)."""
-        return self.barge_in == "on" or (self.barge_in == "auto" and not self.wants_speaker)
+    def aec_wanted(self) -> bool:
+        """``auto``: on whenever our own speaker plays the avatar and our microphone listens (the room echoes)."""
+        return self.aec == "on" or (self.aec == "auto" and self.wants_speaker and self.wants_microphone)
+
+    def barge_in_enabled(self, aec: bool) -> bool:
+        """``auto``: off when our own speaker plays the avatar (open speakers echo into the microphone),
+        unless the echo canceller runs (``aec``: decided at start-up, see ``avatard.local.setup``)."""
+        return self.barge_in == "on" or (self.barge_in == "auto" and (not self.wants_speaker or aec))

@@ -222,8 +222,22 @@ def test_typed_text_shows_once_then_the_reply_is_spoken(page, tmp_path):
 
 def test_talk_sends_the_microphone_and_the_daemon_echoes_it(page):
     voice_s = len(tts.synthesize(MIC_PHRASE)) / RATE
+    # Next to a loudspeaker the browser's own echo cancellation is the only one on this path (issue 15):
+    # the page must ask for it, and Chromium must have applied it to the track it captures from.
+    page.evaluate("""() => {
+        const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+        navigator.mediaDevices.getUserMedia = async (constraints) => {
+            const stream = await real(constraints);
+            window.__gum = {constraints, settings: stream.getAudioTracks().map((t) => t.getSettings())};
+            return stream;
+        };
+    }""")
     page.click("#talk")
     wait(page, "avatard.micActive")
+    gum = page.evaluate("window.__gum")
+    processing = {"echoCancellation": True, "noiseSuppression": True, "autoGainControl": True}
+    assert processing.items() <= gum["constraints"]["audio"].items(), gum["constraints"]
+    assert [{key: track.get(key) for key in processing} for track in gum["settings"]] == [processing], gum["settings"]
     expect(page.locator("#talk-label")).to_have_text("Stop")
     wait(page, "avatard.micChunksSent >= 25 && avatard.micLevel > 0.001")
     user = page.locator("#transcript .msg.user p").first

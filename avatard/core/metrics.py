@@ -73,6 +73,22 @@ VIEWER_GAUGES = (
 VIEWER_SCALE = {"bitrate_kbps": 1000, "rtt_ms": 0.001}
 
 
+# Local mode's echo canceller and barge-in, from status()["local_io"] (absent without a microphone).
+AEC_COUNTERS = {
+    ("echo_canceller", "frames_processed"): ("avatard_aec_frames_processed", "10 ms microphone frames the echo canceller processed."),
+    ("microphone", "barge_ins"): ("avatard_barge_ins", "Interrupts made by the local microphone's barge-in detection."),
+    ("microphone", "self_interrupts"): ("avatard_self_interrupts", "Barge-ins while nobody but the avatar was talking "
+                                        "(judged from the microphone before cancellation against the speaker's signal)."),
+    ("microphone", "self_interrupts_prevented"): ("avatard_self_interrupts_prevented", "Speech onsets so judged that "
+                                                  "did not interrupt (the echo canceller runs)."),
+}
+AEC_GAUGES = {
+    ("echo_canceller", "aec"): ("avatard_aec_enabled", "1 while acoustic echo cancellation runs on the microphone."),
+    ("echo_canceller", "delay_ms"): ("avatard_aec_delay_ms", "Estimated delay of the avatar's echo behind the speaker's signal."),
+    ("echo_canceller", "erle_db"): ("avatard_aec_erle_db", "Echo return loss enhancement over the last seconds of echo alone."),
+}
+
+
 class StatusCollector:
     def __init__(self, status) -> None:
         self._status = status
@@ -112,6 +128,13 @@ class StatusCollector:
         brain = GaugeMetricFamily("avatard_brain_connected", "1 while the brain is connected.", labels=["brain"])
         brain.add_metric([status["brain"]], int(status["brain_state"] == "connected"))
         yield brain
+        local = status.get("local_io", {})
+        for (part, key), (name, doc) in AEC_COUNTERS.items():
+            if key in local.get(part, {}):
+                yield CounterMetricFamily(name, doc, value=local[part][key])
+        for (part, key), (name, doc) in AEC_GAUGES.items():
+            if local.get(part, {}).get(key) is not None:  # None: not measured yet (no echo heard)
+                yield GaugeMetricFamily(name, doc, value=float(local[part][key]))
 
 
 def _tls_metrics(tls: dict | None):

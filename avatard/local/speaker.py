@@ -20,6 +20,9 @@ reads one block (10 ms) at a time. Neither side ever waits for the other:
 
 All of these are counted. An interrupt empties the ring synchronously (the hub calls ``flush``), so the
 very next callback plays silence: speech stops within one block plus the device's own buffer.
+
+With a microphone in use, every block the callback hands the card also goes to the echo canceller's
+:class:`~avatard.local.echo_canceller.ReferenceTap`: the exact signal played is its reference.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..constants import RATE
 from ..core.audio import StreamResampler
 from ..errors import ConfigError
 from . import devices
+from .echo_canceller import ReferenceTap
 
 logger = logging.getLogger("avatard.speaker")
 
@@ -160,8 +164,9 @@ class SampleRing:
 class Speaker:
     name = "speaker"
 
-    def __init__(self, choice: devices.Choice) -> None:
+    def __init__(self, choice: devices.Choice, reference: ReferenceTap | None = None) -> None:
         self.choice = choice
+        self._reference = reference  # the echo canceller's tap (None: no microphone to cancel for)
         self._ring = SampleRing(int(RING_SECONDS * choice.rate), int(PREFILL_SECONDS * choice.rate),
                                 margin=int(MARGIN_SECONDS * choice.rate),
                                 trim_window=int(TRIM_WINDOW_SECONDS * choice.rate))
@@ -219,6 +224,8 @@ class Speaker:
         if status.output_underflow:
             self.device_underflows += 1
         self._ring.read_into(outdata[:, 0])
+        if self._reference is not None:
+            self._reference.push(outdata[:, 0])
         flushed_at = self._flushed_at
         if flushed_at is not None:
             self._flushed_at = None
