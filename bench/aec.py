@@ -38,8 +38,18 @@ import soundfile
 
 sys.path.insert(0, str(c.REPO / "tests"))
 from conftest import ControlClient  # noqa: E402  (needs the path above)
-from localenv import (LONG_SENTENCE, MIC_SOURCE, SPEAKER_SINK, VISITOR_SENTENCE, Pulse, Xvfb, find,  # noqa: E402
-                      say_for, talk_over, voice_onset)
+from localenv import (  # noqa: E402
+    LONG_SENTENCE,
+    MIC_SOURCE,
+    SPEAKER_SINK,
+    VISITOR_SENTENCE,
+    Pulse,
+    Xvfb,
+    find,
+    say_for,
+    talk_over,
+    voice_onset,
+)
 
 from avatard.brains import tts  # noqa: E402
 from avatard.local.echo_canceller import EchoCanceller, ReferenceTap  # noqa: E402

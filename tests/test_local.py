@@ -15,8 +15,19 @@ import numpy as np
 import pytest
 import soundfile
 import trio
-from localenv import (LONG_SENTENCE, Pulse, Xvfb, best_correlation, developed, envelope, loud, say_for,
-                      speech_seconds, talk_over, voice_onset)
+from localenv import (
+    LONG_SENTENCE,
+    Pulse,
+    Xvfb,
+    best_correlation,
+    developed,
+    envelope,
+    loud,
+    say_for,
+    speech_seconds,
+    talk_over,
+    voice_onset,
+)
 
 from avatard.brains import tts, voice
 from avatard.core.audio import rms_dbfs

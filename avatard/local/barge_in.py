@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.audio import rms_dbfs
 from .echo_meter import FRAME
+
 # A voice at a kiosk's microphone is -30..-10 dBFS; the offline brain's detector takes -42 dBFS as
 # speech. A little above it, so residual echo and room noise after cancellation stay below.
 ONSET_DBFS = -40.0
