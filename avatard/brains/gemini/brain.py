@@ -53,6 +53,8 @@ logger = logging.getLogger("avatard.brain.gemini")
 
 # Queued `say` requests; the intake waits when full (backpressure to the control socket).
 SAY_QUEUE = 8
+# Live server messages parsed ahead of the trio side (see _sessions): the rest wait in the socket.
+LIVE_STREAM_BUFFER = 2
 CLOSE_TIMEOUT = 1.0  # for our close frame's echo on shutdown; a dead link must not hold up the exit
 # End of user speech is detected locally (the server's VAD decides the turn) only to measure latency.
 END_OF_SPEECH_DELAY = END_SILENCE_BLOCKS * BLOCK / RATE
@@ -162,7 +164,11 @@ class GeminiBrain:
             established = False
             setup = connect_config(self.generation, self._config, self._renderer.gestures, self._receiver.handle)
             try:
-                async with aio.open_stream(self._live, client, setup) as messages:
+                # Two messages in flight, not the bridge's default 16: an answer comes as a burst (~60 messages
+                # at once from an instant server), and 16 parsed ahead kept the asyncio thread holding the GIL
+                # while the trio side took the first audio: asyncio yield -> trio p50 2.0 ms with 16, 0.4 with 2
+                # (bench/latency.py). The speech buffer, not this hand-off, is where an answer waits.
+                async with aio.open_stream(self._live, client, setup, max_buffer=LIVE_STREAM_BUFFER) as messages:
                     session = await messages.receive()
                     established = True
                     attempt = 0
