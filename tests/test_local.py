@@ -414,7 +414,7 @@ def test_bad_aec_values_are_one_line_and_exit_2(tmp, args, env, expected):
 
 
 def test_without_the_echo_canceller_package(local, tmp, pulse, xvfb):
-    # As on Python 3.10, where pyproject.toml's marker leaves aec-audio-processing out: a package of that
+    # As without the aec extra (or on Python 3.10, where its marker leaves it out): a package of that
     # name that fails to import, first on the path.
     shim = tmp / "no_aec" / "aec_audio_processing"
     shim.mkdir(parents=True)
@@ -424,7 +424,7 @@ def test_without_the_echo_canceller_package(local, tmp, pulse, xvfb):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("avatard: error: --aec: the echo canceller is not available")
-    assert "pip install aec-audio-processing" in result.stderr
+    assert "pip install 'avatard[aec]'" in result.stderr
     daemon = local(env={"PYTHONPATH": path})  # --aec auto: runs without it, barge-in off as before
     info = local_io(daemon)
     assert info["echo_canceller"]["aec"] is False and info["microphone"]["barge_in"] is False

@@ -41,7 +41,7 @@ REFERENCE_HANDOFF_BLOCKS = 100
 # AEC3 leaks echo until it has adapted on some of the avatar's voice: the feasibility check measured
 # convergence within 0.5 s of far-end speech; twice that before the microphone is trusted over it.
 CONVERGENCE_FRAMES = 100
-INSTALL_HINT = "pip install aec-audio-processing (Python >= 3.11), or run with --aec off"
+INSTALL_HINT = "pip install 'avatard[aec]' (aec-audio-processing, Python >= 3.11), or run with --aec off"
 
 
 def load_processor_class():
