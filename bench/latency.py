@@ -279,6 +279,9 @@ def run_local(clients: int, turns: int, warmup: int) -> Run:
 
 # -- figures -------------------------------------------------------------------------------------------------
 
+SLOWEST_SHOWN = 4  # (a)'s slowest turns printed stage by stage: at 30 turns, p95 lies among them
+
+
 def _ms(values) -> list[float]:
     return [1e3 * v for v in values]
 
@@ -314,6 +317,20 @@ def to_daemon(run: Run) -> list[float]:
     for the tick minus the daemon's own audio -> frame."""
     return [1000 * (t.views[0].speech_tick - (t.model_audio_at + run.wall_offset)) - t.views[0].latency["audio_to_frame_ms"]
             for t in run.turns if t.model_audio_at is not None and t.views[0].latency]
+
+
+def slowest_turns(run: Run, count: int) -> list[str]:
+    """(a)'s slowest turns, each split into its stages, so that a tail can be pinned on one of them."""
+    lines = []
+    turns = [t for t in run.turns if t.model_audio_at is not None and t.views[0].latency]
+    for t in sorted(turns, key=lambda t: -max(v.speech_at - t.model_audio_at for v in t.views))[:count]:
+        stages = t.views[0].latency
+        into = 1000 * (t.views[0].speech_tick - (t.model_audio_at + run.wall_offset)) - stages["audio_to_frame_ms"]
+        clients = " / ".join(f"{1000 * (v.speech_at + run.wall_offset - v.speech_tick):.1f}" for v in t.views)
+        lines.append(f"  {max(1000 * (v.speech_at - t.model_audio_at) for v in t.views):5.1f} ms = into the daemon "
+                     f"{into:.1f} + whole frame queued {stages['audio_to_queued_ms']:.1f} + to its tick "
+                     f"{stages['queued_to_frame_ms']:.1f} + tick -> clients {clients}")
+    return lines
 
 
 def end_to_end(run: Run) -> list[float]:
@@ -458,6 +475,7 @@ def main() -> None:
           f"(b) goal: {verdict(to_silence(gem))}"
           + (f"; offline text -> speech goal: {verdict(end_to_end(local), OFFLINE_TEXT_GOAL_MS)}" if local else ""))
     print("(avatarctl rows: timed from the daemon's `interrupted` event timestamp, see the docstring)")
+    print("(a)'s slowest turns (the last client's time), by stage in ms:", *slowest_turns(gem, SLOWEST_SHOWN), sep="\n")
     if speaker_ms:
         print(f"local speaker: interrupt -> next block taken by the card {stats(speaker_ms)}, then the device's "
               f"{device_ms:g} ms; goal <= device + {SPEAKER_GOAL_MS:g} ms: "

@@ -58,6 +58,9 @@ def test_draw_returns_bgr_image_of_requested_size(width: int, height: int) -> No
     image = face.draw(Pose(), width, height)
     assert image.shape == (height, width, 3)
     assert image.dtype == np.uint8
+    # Row-major, as cv2 and the encoders take it without a conversion (a planar background once made every
+    # frame a strided copy).
+    assert image.flags.c_contiguous
     assert image.std() > 10  # a picture, not a blank fill
 
 

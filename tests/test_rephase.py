@@ -158,3 +158,24 @@ async def test_a_first_chunk_shorter_than_a_frame_waits_for_a_whole_frame(autoju
     spoken = [(t, f) for t, f in frames if f.audio.any()]
     assert spoken[0][0] == pytest.approx(second_at), "re-phased once a whole frame was queued"
     assert np.array_equal(spoken[0][1].audio, speech[:spf]), "the first frame is whole: no silence inside the word"
+
+
+async def test_the_push_that_starts_speech_returns_once_its_first_frame_audio_is_out(autojump_clock):
+    # While the first frame of an answer goes out, the brain takes no more of it (its parsing would
+    # compete with that frame's send); later pushes never wait for a frame.
+    avatar = renderer()
+    send, receive = trio.open_memory_channel(1000)
+    frames, handed_out = [], []
+    speech = (np.sin(np.arange(RATE) / 5) * 8000).astype(np.int16)
+    spf = RATE // FPS
+    async with trio.open_nursery() as nursery:
+        await nursery.start(avatar.run, send)
+        nursery.start_soon(collect, receive, frames, handed_out)
+        await trio.sleep(0.5 + 0.011)
+        assert await avatar.push_audio(speech[:spf])
+        await trio.sleep(0)  # the collector's turn: what had been handed out by then
+        assert any(isinstance(item, FrameAudio) and item.audio.any() for item in handed_out), \
+            "push_audio returned before the first frame's audio was handed out"
+        with trio.fail_after(1e-6):  # the mock clock: no time passes for a push that does not wait
+            assert await avatar.push_audio(speech[spf:2 * spf])
+        nursery.cancel_scope.cancel()

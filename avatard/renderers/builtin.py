@@ -51,6 +51,7 @@ class BuiltinRenderer:
         self._speech = SpeechBuffer()
         self._flushed = True
         self._starting = False  # speech pushed while idle, not yet a whole frame: re-phase once it is
+        self._first_out: trio.Event | None = None  # a turn's first frame: set once its audio has gone out
         self._speaking = SpeakingTracker(events, latency)
         self.frames_rendered = 0
         self.frames_dropped = 0  # the fan-out did not take a frame in time
@@ -92,7 +93,13 @@ class BuiltinRenderer:
         if queued and self._starting and self._speech.pending >= self.samples_per_frame and self._clock is not None:
             self._starting = False
             self._latency.speech_queued()
+            self._first_out = first_out = trio.Event()
             self._clock.rephase()
+            # The producer waits until the first frame's audio has gone out. Gemini's answer arrives as a
+            # burst: while the brain took message after message, the asyncio thread parsing them held the
+            # GIL against the trio thread sending that first frame (tick -> client p50 ~4 ms with the
+            # Gemini brain against ~1.5 with the offline one). An interrupt or the next frame ends the wait.
+            await first_out.wait()
         return queued
 
     def flush(self) -> None:
@@ -105,6 +112,7 @@ class BuiltinRenderer:
         self._animator.interrupt()
         self._flushed = True
         self._starting = False
+        self._release_producer()
         if self._clock is not None:
             self._clock.rephase()  # the silent, closed-mouth frame goes out now, not at the next tick
         return dropped
@@ -136,6 +144,11 @@ class BuiltinRenderer:
 
     # -- internals --------------------------------------------------------------------------------
 
+    def _release_producer(self) -> None:
+        if self._first_out is not None:
+            self._first_out.set()
+            self._first_out = None
+
     async def _render(self, frames: trio.MemorySendChannel, index: int, timestamp: float) -> Frame:
         generation = self._speech.generation
         audio, real = self._speech.take(self.samples_per_frame)
@@ -151,6 +164,7 @@ class BuiltinRenderer:
         # the hand-off cost 2 % of a core at 25 fps (bench/render.py), more than the budget for this change.
         for _ in range(YIELDS_BEFORE_DRAW):
             await trio.lowlevel.checkpoint()
+        self._release_producer()
         image = face.draw(pose, self.width, self.height)
         frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,
                       generation=generation, mouth=pose.mouth, gesture=pose.gesture)

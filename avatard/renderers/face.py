@@ -563,7 +563,10 @@ class _Canvas:
 
     def __init__(self, h: int, w: int, m: np.ndarray, scale: float, opaque: np.ndarray | None = None) -> None:
         self.h, self.w, self.m, self.scale = h, w, m, scale
-        self.rgb = np.zeros((h, w, 3), np.float32) if opaque is None else opaque.astype(np.float32)
+        # order="C": ``opaque`` is often a broadcast view, and astype's default keeps its odd strides. A
+        # background whose rows are not contiguous made every frame's copy of it a strided copy (1.1 ms of
+        # a 2.7 ms draw at 512x512; contiguous: 0.02 ms) and every later cv2 call on the frame convert it.
+        self.rgb = np.zeros((h, w, 3), np.float32) if opaque is None else opaque.astype(np.float32, order="C")
         self.alpha = np.zeros((h, w), np.float32) if opaque is None else np.ones((h, w), np.float32)
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
         inv = np.linalg.inv(np.vstack([m, (0, 0, 1)]))
