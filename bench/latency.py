@@ -377,8 +377,9 @@ SPEAKER_GOAL_MS = 10.0  # beyond the device latency
 SPEAKER_FLOWING_BLOCKS = 200  # 2 s of 10 ms blocks: PulseAudio's stream has settled
 
 
-def run_speaker(turns: int) -> tuple[list[float], float | None]:
-    """Interrupt -> next block taken by the card, per turn (ms), and the device latency (ms)."""
+def run_speaker(turns: int) -> tuple[list[float], list[float], float | None]:
+    """Per turn (ms): interrupt -> next block taken by the card, and interrupt -> that block at the DAC
+    (PortAudio's own times: when the speaker falls silent); and the device latency PortAudio reports (ms)."""
     import localenv  # tests/, on the path through _gemini
 
     pulse, xvfb = localenv.Pulse(), localenv.Xvfb()
@@ -404,7 +405,8 @@ def run_speaker(turns: int) -> tuple[list[float], float | None]:
                 daemon.request("interrupt")
                 time.sleep(0.2)
                 speaker = daemon.status()["local_io"]["speaker"]
-            return speaker["interrupt_to_block_ms"][-turns:], speaker["latency_ms"]
+            blocks, leads = speaker["interrupt_to_block_ms"][-turns:], speaker["interrupt_block_lead_ms"][-turns:]
+            return blocks, [b + lead for b, lead in zip(blocks, leads) if lead is not None], speaker["latency_ms"]
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -438,10 +440,10 @@ def main() -> None:
         print("  running: offline brain (baseline) ...", flush=True)
         runs.append(run_local(args.clients, args.turns, args.warmup))
     local = runs[1] if len(runs) > 1 else None
-    speaker_ms, device_ms = [], None
+    speaker_ms, silent_ms, device_ms = [], [], None
     if args.speaker_turns:
         print("  running: local mode, speaker on a private PulseAudio ...", flush=True)
-        speaker_ms, device_ms = run_speaker(args.speaker_turns)
+        speaker_ms, silent_ms, device_ms = run_speaker(args.speaker_turns)
 
     def both(fn, *fn_args) -> list[str]:
         return [fn(gem, *fn_args), fn(local, *fn_args) if local is not None else "-"]
@@ -479,7 +481,8 @@ def main() -> None:
     if speaker_ms:
         print(f"local speaker: interrupt -> next block taken by the card {stats(speaker_ms)}, then the device's "
               f"{device_ms:g} ms; goal <= device + {SPEAKER_GOAL_MS:g} ms: "
-              f"{verdict(speaker_ms, SPEAKER_GOAL_MS)}")
+              f"{verdict(speaker_ms, SPEAKER_GOAL_MS)}\n  silent at the DAC (that block's time there, PortAudio's "
+              f"clock): {stats(silent_ms)}")
 
     if args.no_readme:
         return
@@ -508,7 +511,7 @@ def main() -> None:
     if speaker_ms:
         figures.append(("latency: interrupt -> local speaker silent",
                         f"next block taken by the card {stats(speaker_ms)}, then the device latency {device_ms:g} ms "
-                        "(PulseAudio null sink)", f"device latency + {SPEAKER_GOAL_MS:g} ms"))
+                        f"(PulseAudio null sink); silent at the DAC {stats(silent_ms)}", f"device latency + {SPEAKER_GOAL_MS:g} ms"))
     c.update_readme("latency", figures)
 
 

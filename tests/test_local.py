@@ -523,6 +523,9 @@ def test_interrupt_silences_the_speaker_at_once(local, pulse):
     # The interrupt cleared the ring; the next block the card took was its first silent one (how soon is
     # bench/latency.py's to measure).
     assert len(speaker["interrupt_to_block_ms"]) == 1 and speaker["interrupt_to_block_ms"][0] > 0
+    # ... and how far ahead of the DAC that block was: PulseAudio's ALSA plugin gives PortAudio real times.
+    [lead] = speaker["interrupt_block_lead_ms"]
+    assert lead is not None and 0 < lead < 250
 
 
 # No room here (the microphone hears only the user): headphones. With --aec on the microphone would be gated

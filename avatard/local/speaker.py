@@ -60,10 +60,14 @@ TRIM_WINDOW_SECONDS = 1.0
 SINK_BUFFER = 4
 # Interrupts whose time to the next played block status keeps (the oldest goes first).
 INTERRUPTS_KEPT = 16
-# PortAudio's suggested output latency: four blocks. The callback is Python and competes for the GIL
+# PortAudio's suggested output latency: three blocks. The callback is Python and competes for the GIL
 # with drawing and encoding, so some slack rides out a busy moment; it is also what still plays after
-# an interrupt. (PulseAudio through ALSA grants 40 ms at the least.)
-DEVICE_LATENCY = 0.04
+# an interrupt. Measured through PulseAudio's ALSA plugin (PortAudio's DAC times, 10 ms blocks): asking
+# 40 ms made PulseAudio take blocks in pairs every 20 ms, so an interrupt waited up to 20 ms for the next
+# callback (p95 14 ms beyond the device's own delay) and the card was 64 ms behind; 30 ms gives a callback
+# every 10.0 ms (p95 10.1) and 40 ms behind, so an interrupt is silent at the DAC within 9.5 ms (p95) of
+# the device's delay. Asking less gains nothing there (PulseAudio's floor) and only thins the slack.
+DEVICE_LATENCY = 0.03
 
 
 class SampleRing:
@@ -176,9 +180,11 @@ class Speaker:
         self.flushed_samples = 0
         self.latency: float | None = None
         self._flushed_at: float | None = None  # perf_counter() of the last interrupt, until a block is played
-        # Seconds from an interrupt to the next block handed to the card (silent from there on): the last
-        # few, for status. What still plays after that is the device's latency.
+        # Seconds from an interrupt to the next block handed to the card (silent from there on), and how far
+        # ahead of the DAC that block was (PortAudio's times; None where the host API gives none): the last
+        # few, for status. The sum is when the speaker falls silent; the lead is the device's part of it.
         self.interrupt_to_block: collections.deque[float] = collections.deque(maxlen=INTERRUPTS_KEPT)
+        self.interrupt_block_lead: collections.deque[float | None] = collections.deque(maxlen=INTERRUPTS_KEPT)
 
     def delay(self) -> float:
         """Seconds from a sample entering the ring to the card playing it: how late the voice is."""
@@ -230,6 +236,8 @@ class Speaker:
         if flushed_at is not None:
             self._flushed_at = None
             self.interrupt_to_block.append(time.perf_counter() - flushed_at)
+            lead = time_info.outputBufferDacTime - time_info.currentTime
+            self.interrupt_block_lead.append(lead if time_info.outputBufferDacTime > 0 and lead >= 0 else None)
         if self.choice.channels > 1:
             outdata[:, 1:] = outdata[:, :1]
 
@@ -241,4 +249,6 @@ class Speaker:
                 "device_underflows": self.device_underflows, "flushed_samples": self.flushed_samples,
                 "queued_samples": self._ring.queued,
                 "latency_ms": round(self.latency * 1000, 1) if self.latency is not None else None,
-                "interrupt_to_block_ms": [round(seconds * 1000, 2) for seconds in self.interrupt_to_block]}
+                "interrupt_to_block_ms": [round(seconds * 1000, 2) for seconds in self.interrupt_to_block],
+                "interrupt_block_lead_ms": [None if lead is None else round(lead * 1000, 2)
+                                            for lead in self.interrupt_block_lead]}
