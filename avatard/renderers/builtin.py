@@ -157,11 +157,12 @@ class BuiltinRenderer:
         self._hand_out(frames, FrameAudio(index=index, timestamp=timestamp, audio=audio, speaking=self.speaking,
                                           generation=generation))
         pose = self._animator.next_pose(audio)
-        # Drawing is the one costly step (~2.5 ms at 512x512 on a quiet box, 7 while another thread holds
-        # the GIL half the time) and it holds the trio thread. What is already due goes first: this frame's
-        # audio and an interrupt's status are a few task steps from the socket (fan-out, audio pump or event
-        # pump, client sender, trio-websocket), so the clock lets them run before it draws. Rejected: drawing in a worker thread -- the same effect, but
-        # the hand-off cost 2 % of a core at 25 fps (bench/render.py), more than the budget for this change.
+        # Drawing is the one costly step (~1.4 ms at 512x512 on a quiet box, more while another thread holds
+        # the GIL) and it holds the trio thread. What is already due goes first: this frame's audio and an
+        # interrupt's status are a few task steps from the socket (fan-out, audio pump or event pump, client
+        # sender, trio-websocket), so the clock lets them run before it draws. Rejected: drawing in a worker
+        # thread -- measured twice (bench/latency.py): the GIL ping-pong with the drawing thread made the
+        # first word later (p95 16.5 -> 21.8 ms), and the hand-off cost ~2 % of a core at 25 fps.
         for _ in range(YIELDS_BEFORE_DRAW):
             await trio.lowlevel.checkpoint()
         self._release_producer()
