@@ -37,10 +37,11 @@ ONSET_WINDOW_FRAMES = 12
 ONSET_LOUD_FRAMES = 8
 # ... and so are 3 near-end frames in it. During double talk with a visitor as loud as the echo the meter
 # flags a frame where the visitor's formants stand out, not every frame: in 7 recordings of bench/aec.py's
-# room the third flagged frame came 30-120 ms after the visitor's onset (p50 50 ms), while 63 s of echo
-# alone had no flagged frame at all (see echo_meter's NEAR_END_* for the judge's own margin). Two would
-# shave ~10 ms and let a single stray pair of frames interrupt; four took up to 210 ms. A cough while the
-# avatar talks is near-end sound too, and interrupts it: the price of hearing a visitor through the echo.
+# room the third flagged frame came 20-120 ms after the visitor's onset (p50 50 ms), while 63 s of echo
+# alone had no flagged frame at all, and echo alone after a 30 ms jump of the echo path at most 2 in a
+# window (see echo_meter's NEAR_END_* and SPREAD_FRAMES). Two would shave ~10 ms and let such a jump
+# interrupt; four took up to 380 ms. A cough while the avatar talks is near-end sound too, and interrupts
+# it: the price of hearing a visitor through the echo.
 ONSET_NEAR_END_FRAMES = 3
 # An onset is the visitor's if at least this share of its window had near-end speech: exactly the onsets
 # the near-end frames made; one made by loudness alone, with fewer, was the avatar's own echo.
