@@ -98,7 +98,7 @@ class Pulse:
         clock, so there is no drift to follow, and with it on the loopback steered its latency towards the
         target by resampling, which made the echo's delay creep (+0.5 ms in 5.5 s, ~90 ppm, in every recording
         of bench/aec.py) -- an echo path that moves all the time, which a room does not, and which cost AEC3's
-        double talk ~0.1 of correlation (0.74 -> 0.84, median of 4-7 recordings). Off, the delay holds to 0.1 ms.
+        double talk ~0.1 of correlation (bench/aec.py's figure: 0.74 -> 0.84, median of 4-7 recordings). Off, the delay holds to 0.1 ms.
         """
         visitor = Visitor(self.client_env())
         loaded = subprocess.run(["pactl", "load-module", "module-loopback", f"source={SPEAKER_SINK}.monitor",
