@@ -92,11 +92,19 @@ class Pulse:
     @contextlib.contextmanager
     def room(self, latency_ms: int):
         """While inside, the microphone also hears the speaker, ``latency_ms`` later (the loopback's own buffer);
-        yields the room's :class:`Visitor`, silent until told to talk."""
+        yields the room's :class:`Visitor`, silent until told to talk.
+
+        The loopback's adaptive rate is off (``adjust_time=0``): both null sinks run on the server's one
+        clock, so there is no drift to follow, and with it on the loopback steered its latency towards the
+        target by resampling, which made the echo's delay creep (+0.5 ms in 5.5 s, ~90 ppm, in every recording
+        of bench/aec.py) -- an echo path that moves all the time, which a room does not, and which cost AEC3's
+        double talk ~0.1 of correlation (bench/aec.py's figure: 0.74 -> 0.84, median of 4-7 recordings). Off, the delay holds to 0.1 ms.
+        """
         visitor = Visitor(self.client_env())
         loaded = subprocess.run(["pactl", "load-module", "module-loopback", f"source={SPEAKER_SINK}.monitor",
-                                 f"sink={MIC_FEED_SINK}", f"latency_msec={latency_ms}", "source_dont_move=true",
-                                 "sink_dont_move=true"], env=self.client_env(), capture_output=True, text=True, check=True)
+                                 f"sink={MIC_FEED_SINK}", f"latency_msec={latency_ms}", "adjust_time=0",
+                                 "source_dont_move=true", "sink_dont_move=true"],
+                                env=self.client_env(), capture_output=True, text=True, check=True)
         try:
             yield visitor
         finally:

@@ -33,7 +33,7 @@ from avatard.brains import tts, voice
 from avatard.core.audio import rms_dbfs
 from avatard.errors import ConfigError
 from avatard.local import audio_file, recorder, window
-from avatard.local.barge_in import ONSET_LOUD_FRAMES, SpeechOnset
+from avatard.local.barge_in import ONSET_LOUD_FRAMES, ONSET_WINDOW_FRAMES, SpeechOnset
 from avatard.local.echo_canceller import EchoCanceller, ReferenceTap
 from avatard.local.echo_meter import FRAME, EchoMeter
 from avatard.local.microphone import HANDOFF_BLOCKS, Microphone
@@ -273,6 +273,13 @@ def test_speech_onset_judges_who_was_talking():
     assert echo is not None and echo.self_interrupt, "loud, but all of it the avatar's echo"
     visitor = onset.feed(frames, np.arange(ONSET_LOUD_FRAMES) % 2 == 0)
     assert visitor is not None and not visitor.self_interrupt
+    # Double talk: the canceller's suppressor mutes the visitor, but before cancellation the judge hears them.
+    muted = np.concatenate([quiet_frame] * ONSET_WINDOW_FRAMES)
+    flags = np.isin(np.arange(ONSET_WINDOW_FRAMES), [0, 7])
+    assert SpeechOnset().feed(muted, flags) is None, "two stray near-end frames are not a turn"
+    flags = np.isin(np.arange(ONSET_WINDOW_FRAMES), [0, 4, 7])
+    heard = SpeechOnset().feed(muted, flags)
+    assert heard is not None and not heard.self_interrupt, "near-end speech under the muted output is an onset"
 
 
 def test_metrics_show_the_echo_canceller_and_barge_in():

@@ -1,14 +1,20 @@
 """Barge-in for a brain that has none of its own: speech onset at the microphone while the avatar speaks (pure).
 
 Gemini hears the microphone and interrupts itself (its server-side activity detection); the offline
-brain only waits for the end of an utterance. For it, the microphone (after echo cancellation) is
-watched while the avatar speaks, and a sustained rise above :data:`ONSET_DBFS` interrupts the avatar.
+brain only waits for the end of an utterance. For it, the microphone is watched while the avatar speaks,
+and a speech onset interrupts the avatar. Two things make an onset, whichever comes first within the
+last :data:`ONSET_WINDOW_FRAMES` 10 ms frames:
 
-Each onset is also judged: the echo meter flags 10 ms frames where the microphone *before*
-cancellation was louder than the avatar's echo explains. An onset with few such frames was the avatar
-hearing itself (a self-interrupt). With the echo canceller running it does not interrupt (the canceller
-leaked, see :mod:`avatard.local.microphone`); either way it is counted, so a room where the canceller
-fails shows up in status.
+- **someone else talking**: :data:`ONSET_NEAR_END_FRAMES` frames that the echo meter judged near-end
+  speech, i.e. the microphone *before* cancellation louder, band by band, than the avatar's echo explains.
+  This is how a visitor talking over the avatar is heard: after cancellation AEC3's residual-echo
+  suppressor mutes the visitor for the first ~300-350 ms of the double talk (measured in bench/aec.py's
+  room), so an onset taken from the cancelled level came 450 ms (p50) after the visitor began;
+- **sound after cancellation**: :data:`ONSET_LOUD_FRAMES` loud frames of the cancelled microphone (or of
+  the microphone itself without a canceller). With too few near-end frames in the window this is the
+  avatar hearing itself (a self-interrupt): with the echo canceller running it does not interrupt (the
+  canceller leaked, see :mod:`avatard.local.microphone`); either way it is counted, so a room where the
+  canceller fails, or one without it (``--aec off``), shows up in status.
 """
 
 from __future__ import annotations
@@ -24,14 +30,22 @@ from .echo_meter import FRAME
 # A voice at a kiosk's microphone is -30..-10 dBFS; the offline brain's detector takes -42 dBFS as
 # speech. A little above it, so residual echo and room noise after cancellation stay below.
 ONSET_DBFS = -40.0
-# 80 ms of voice within 120 ms: long enough that a click or a cough is not a turn, short enough that
-# with the sound path (~100 ms) and the speaker's flush the avatar stops within 400 ms of the onset.
+# The window: 120 ms. 80 ms of sound in it is an onset: long enough that a click is not a turn, short enough
+# that a microphone without a canceller (headphones) stops the avatar within 400 ms with the sound path
+# (~100 ms) and the speaker's flush.
 ONSET_WINDOW_FRAMES = 12
 ONSET_LOUD_FRAMES = 8
-# An onset is the visitor's if at least this share of its window had near-end speech. During double
-# talk a voice as loud as the echo lifts the frames where it dominates by 6 dB or more; echo alone
-# lands there only on level jitter (a frame or two at most).
-NEAR_END_SHARE = 0.25
+# ... and so are 3 near-end frames in it. During double talk with a visitor as loud as the echo the meter
+# flags a frame where the visitor's formants stand out, not every frame: in 7 recordings of bench/aec.py's
+# room the third flagged frame came 20-120 ms after the visitor's onset (p50 50 ms), while 63 s of echo
+# alone had no flagged frame at all, and echo alone after a 30 ms jump of the echo path at most 2 in a
+# window (see echo_meter's NEAR_END_* and SPREAD_FRAMES). Two would shave ~10 ms and let such a jump
+# interrupt; four took up to 380 ms. A cough while the avatar talks is near-end sound too, and interrupts
+# it: the price of hearing a visitor through the echo.
+ONSET_NEAR_END_FRAMES = 3
+# An onset is the visitor's if at least this share of its window had near-end speech: exactly the onsets
+# the near-end frames made; one made by loudness alone, with fewer, was the avatar's own echo.
+NEAR_END_SHARE = ONSET_NEAR_END_FRAMES / ONSET_WINDOW_FRAMES
 
 
 @attrs.frozen
@@ -44,7 +58,8 @@ class Onset:
 
 
 class SpeechOnset:
-    """Feed cancelled audio with its near-end flags while the avatar speaks; an :class:`Onset` when speech starts."""
+    """Feed cancelled audio with its near-end flags (judged before cancellation) while the avatar speaks; an
+    :class:`Onset` when speech starts."""
 
     def __init__(self) -> None:
         self._loud: collections.deque[bool] = collections.deque(maxlen=ONSET_WINDOW_FRAMES)
@@ -54,8 +69,9 @@ class SpeechOnset:
         for index, flag in enumerate(near_end):
             self._loud.append(rms_dbfs(samples[index * FRAME:(index + 1) * FRAME]) > ONSET_DBFS)
             self._near_end.append(bool(flag))
-            if sum(self._loud) >= ONSET_LOUD_FRAMES:
-                onset = Onset(near_end_share=sum(self._near_end) / len(self._near_end))
+            near_end_frames = sum(self._near_end)
+            if near_end_frames >= ONSET_NEAR_END_FRAMES or sum(self._loud) >= ONSET_LOUD_FRAMES:
+                onset = Onset(near_end_share=near_end_frames / ONSET_WINDOW_FRAMES)
                 self.reset()
                 return onset
         return None

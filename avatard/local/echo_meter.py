@@ -17,9 +17,8 @@ cancellation, and how many reference (speaker) frames it had been given by then.
   fixed 6 dB of echo loss, since a kiosk's loudspeaker may be as loud at the microphone as the visitor,
   and run per band: two voices as loud as each other lift the broadband level by only ~3 dB, but at any
   moment they have their energy in different bands (other formants, voiced against unvoiced), where the
-  visitor stands 10-30 dB over the echo. Measured in the PulseAudio room of tests/test_local.py: 55 s of
-  echo alone flagged 2 frames, never 2 in a row; a visitor as loud as the echo was flagged within
-  50-200 ms of the onset, while AEC3's suppressor still muted the first ~350 ms of that double talk;
+  visitor stands 5-30 dB over the echo. Barge-in takes the visitor's onset from these flags (AEC3's
+  suppressor mutes the first ~300-350 ms of double talk in the cancelled signal);
 - **ERLE** (echo return loss enhancement): microphone power before over after cancellation, in dB, over
   the last :data:`WINDOW_FRAMES` frames of echo alone (reference loud, no near-end speech). ITU-T
   G.168 defines it this way (echo power in over residual echo power out).
@@ -52,16 +51,23 @@ ACTIVE_DBFS = -50.0
 BAND_EDGES_HZ = (0, 100, 200, 300, 400, 510, 630, 770, 920, 1080, 1270, 1480, 1720, 2000, 2320, 2700, 3150,
                  3700, 4400, 5300, 6400, 7700, 8000)
 # A band has someone else in it when the microphone exceeds the predicted echo (and its own noise floor) by
-# this much: ten times the power. Echo alone stays below the prediction (the loudest reference frame
-# around the delay), bar level jitter of a few dB; a visitor's formant lands 10-30 dB over the echo there.
-NEAR_END_MARGIN_DB = 10.0
-# ... in this many bands (of 22) at once: one or two bands over the margin happen in echo alone (a
-# fricative's edge); a voice covers several (the measurements above: at least 4 in most of its frames).
-NEAR_END_BANDS = 4
+# this much: three times the power. Echo alone stays below the prediction (the loudest reference frame
+# around the delay), bar level jitter of a few dB; a visitor's formant lands 5-30 dB over the echo there.
+# Measured on 7 recordings of bench/aec.py's room (63 s of echo alone, a visitor as loud as the echo): at
+# 5 dB in 3 bands no frame of echo alone was flagged (at 4 dB in 2 bands, 18), and the visitor's third
+# flagged frame came 20-120 ms after the onset; at 10 dB in 4 bands (the first setting) up to 400 ms,
+# the flags sparse while AEC3's suppressor mutes the visitor.
+NEAR_END_MARGIN_DB = 5.0
+# ... in this many bands (of 22) at once: one band over the margin happens in echo alone (a fricative's edge);
+# a voice covers several.
+NEAR_END_BANDS = 3
 NOISE_PERCENTILE = 10  # a band's noise floor: its 10th-percentile level over the window (minimum statistics)
-# Frames around the delay whose loudest reference level predicts the echo: +-20 ms covers the room's
-# response (60 ms of reverberation spreads the echo over several frames) and delay jitter.
-SPREAD_FRAMES = 2
+# Frames around the delay whose loudest reference level predicts the echo: +-30 ms covers the room's
+# response (60 ms of reverberation spreads the echo over several frames) and a jump of the echo path (a
+# starved sound server drops or inserts a block) until the delay is measured again. In the recordings
+# above, echo alone after a 30 ms jump flagged up to 8 frames in 120 ms at +-20 ms (a self-interrupt,
+# see barge_in.ONSET_NEAR_END_FRAMES), 2 at +-30 ms; at +-40 ms one visitor went unheard for 370 ms.
+SPREAD_FRAMES = 3
 # After a frame with near-end speech, this many more are not counted as echo alone (for ERLE): the
 # detector misses the quieter frames of a visitor's words, which would read as echo the canceller left.
 NEAR_END_HANGOVER_FRAMES = 30
