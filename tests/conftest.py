@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from janus_server import JanusServer
+from netns import Network
 
 READY_TIMEOUT = 20.0
 
@@ -91,6 +93,17 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy, and return that; TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} within {timeout} s")
 
 
 SERVER_ARGS = ("--server", "--host", "127.0.0.1", "--port", "0")
@@ -175,3 +188,24 @@ def mic_wav(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mic") / "mic.wav"
     sf.write(path, np.concatenate([voice, np.zeros(int(MIC_PAUSE_S * RATE), np.int16)]), RATE, subtype="PCM_16")
     return path
+
+
+# -- Janus (tests/janus_server.py): the Debian janus in a network namespace of the test's own ---------------
+
+JANUS_ADMIN_KEY = "adm1n-k3y-not-for-logs"  # must appear in no status, log or Janus log
+
+
+@pytest.fixture
+def janus_net():
+    """The server namespace (avatard and Janus) and one client namespace (viewers), 198.18.0.0/15."""
+    with Network(clients=1, tag="avj") as network:
+        yield network
+
+
+@pytest.fixture
+def janus(janus_net, tmp_path):
+    """Janus with its HTTP API and RTP input on the server end of client 1's link, ICE on the server's veths."""
+    server = JanusServer(tmp_path / "janus", janus_net.server, address=janus_net.clients[0].server_address,
+                         interface="vs", admin_key=JANUS_ADMIN_KEY).start()
+    yield server
+    server.kill()

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 import trio
-from janus_server import JanusServer, entered
+from conftest import JANUS_ADMIN_KEY as ADMIN_KEY
+from janus_server import entered
 from janus_viewer import ViewerPool
-from netns import Network
 from test_media_encoder import FPS, make_frame
 
 from avatard.broadcast.broadcaster import Broadcaster
@@ -24,39 +24,23 @@ from avatard.errors import JanusError
 from avatard.media.encoder import MediaEncoder
 from avatard.protocol import janus as api
 
-ADMIN_KEY = "adm1n-k3y-not-for-logs"
 MOUNTPOINT = 4242
 WAIT = 20.0  # any one expected state: a Janus restart, a WebRTC connection
 
 
 @pytest.fixture
-def net():
-    with Network(clients=1, tag="avj") as network:
-        yield network
-
-
-@pytest.fixture
-def janus(net, tmp_path):
-    client = net.clients[0]
-    server = JanusServer(tmp_path / "janus", net.server, address=client.server_address,
-                         interface="vs", admin_key=ADMIN_KEY).start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def viewers(net):
+def viewers(janus_net):
     """aiortc viewers in the client namespace (their thread is started there)."""
-    with entered(net.clients[0]):
+    with entered(janus_net.clients[0]):
         pool = ViewerPool()
     yield pool
     pool.close()
 
 
 @pytest.fixture
-def in_server_namespace(net):
+def in_server_namespace(janus_net):
     """The test itself (trio, in this thread) runs where the daemon would: beside Janus."""
-    with entered(net.server):
+    with entered(janus_net.server):
         yield
 
 

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import start_daemon
-from janus_server import JanusServer, entered
+from conftest import JANUS_ADMIN_KEY as ADMIN_KEY
+from conftest import start_daemon, wait_until
+from janus_server import entered
 from janus_viewer import ViewerPool
-from netns import Network
 from playwright.sync_api import sync_playwright
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 
-ADMIN_KEY = "janus-admin-k3y-never-logged"
 PIN = "viewer-pin-x7q"
 MOUNTPOINT = 5151
 WAIT = 30.0  # any one expected state: a WebRTC connection, a Janus restart noticed (backoff <= 10 s)
@@ -45,38 +44,14 @@ STATS_JS = """async () => {
 }"""
 
 
-def wait_until(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
-def net():
-    with Network(clients=1, tag="avb") as network:
-        yield network
-
-
-@pytest.fixture
-def janus(net, tmp):
-    server = JanusServer(tmp / "janus", net.server, address=net.clients[0].server_address,
-                         interface="vs", admin_key=ADMIN_KEY).start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def broadcasting(net, janus, tmp):
+def broadcasting(janus_net, janus, tmp):
     """avatard in the server namespace, broadcasting to ``janus``; the admin key comes from the environment."""
-    daemon = start_daemon(tmp, "--server", "--host", net.clients[0].server_address, "--port", "0", "--no-auth",
+    daemon = start_daemon(tmp, "--server", "--host", janus_net.clients[0].server_address, "--port", "0", "--no-auth",
                           "--janus", janus.url, "--janus-mountpoint", str(MOUNTPOINT), "--janus-pin", PIN,
-                          env={"AVATARD_JANUS_ADMIN_KEY": ADMIN_KEY}, preexec_fn=net.server.enter)
+                          env={"AVATARD_JANUS_ADMIN_KEY": ADMIN_KEY}, preexec_fn=janus_net.server.enter)
     try:
-        wait_until(lambda: daemon.status()["janus"][0]["connected"], "the mountpoint on Janus")
+        wait_until(lambda: daemon.status()["janus"][0]["connected"], WAIT, "the mountpoint on Janus", interval=0.2)
         yield daemon
     finally:
         if daemon.proc.poll() is None:
@@ -84,8 +59,8 @@ def broadcasting(net, janus, tmp):
 
 
 @pytest.fixture
-def viewers(net):
-    with entered(net.clients[0]):
+def viewers(janus_net):
+    with entered(janus_net.clients[0]):
         pool = ViewerPool()
     yield pool
     pool.close()
@@ -99,9 +74,9 @@ def assert_no_admin_key(daemon, janus) -> None:
         assert ADMIN_KEY not in text and PIN not in text
 
 
-def test_chromium_watches_the_broadcast_and_comes_back_after_janus_restarts(net, janus, broadcasting, tmp):
+def test_chromium_watches_the_broadcast_and_comes_back_after_janus_restarts(janus_net, janus, broadcasting, tmp):
     port = broadcasting.port
-    client = net.clients[0]
+    client = janus_net.clients[0]
     home = Path(tempfile.mkdtemp(prefix="chromium-home-", dir=tmp))
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
     with sync_playwright() as p:
@@ -121,7 +96,7 @@ def test_chromium_watches_the_broadcast_and_comes_back_after_janus_restarts(net,
                 ok = stats["video"]["framesDecoded"] >= frames and stats["audio"]["packetsReceived"] >= 2 * frames
                 return stats if ok else None
 
-            stats = wait_until(lambda: playing(75), "3 s of decoded video and audio in Chromium")
+            stats = wait_until(lambda: playing(75), WAIT, "3 s of decoded video and audio in Chromium", interval=0.2)
             assert stats["state"] == "connected"
             assert stats["video"]["fps"] >= 20, stats  # Chromium's own measure; the bench has the exact figure
 
@@ -133,21 +108,21 @@ def test_chromium_watches_the_broadcast_and_comes_back_after_janus_restarts(net,
             # Janus crashes and comes back: avatard re-creates the mountpoint, the page watches again by itself.
             page.evaluate("() => { window.pcBefore = window.pc; }")
             janus.kill()
-            wait_until(lambda: not broadcasting.status()["janus"][0]["connected"], "avatard to notice Janus is gone")
+            wait_until(lambda: not broadcasting.status()["janus"][0]["connected"], WAIT, "avatard to notice Janus is gone", interval=0.2)
             janus.start()
-            wait_until(lambda: broadcasting.status()["janus"][0]["connected"], "the mountpoint re-created")
+            wait_until(lambda: broadcasting.status()["janus"][0]["connected"], WAIT, "the mountpoint re-created", interval=0.2)
             assert broadcasting.status()["janus"][0]["recreations"] == 1
-            wait_until(lambda: page.evaluate("() => window.pc !== window.pcBefore"), "the page's new connection")
-            stats = wait_until(lambda: playing(50), "video and audio again after the restart")
+            wait_until(lambda: page.evaluate("() => window.pc !== window.pcBefore"), WAIT, "the page's new connection", interval=0.2)
+            stats = wait_until(lambda: playing(50), WAIT, "video and audio again after the restart", interval=0.2)
             assert stats["state"] == "connected"
         finally:
             browser.close()
     assert_no_admin_key(broadcasting, janus)
 
 
-def test_twenty_aiortc_viewers_each_get_the_frame_rate(net, janus, broadcasting, viewers):
+def test_twenty_aiortc_viewers_each_get_the_frame_rate(janus_net, janus, broadcasting, viewers):
     watching = viewers.add(janus.url, MOUNTPOINT, 20, pin=PIN)
-    wait_until(lambda: all(v.counts.video_frames >= 100 for v in watching), "4 s of frames at every viewer", 60)
+    wait_until(lambda: all(v.counts.video_frames >= 100 for v in watching), 60, "4 s of frames at every viewer", interval=0.2)
     now = time.monotonic()
     rates = [v.counts.fps(now - 3.0, now) for v in watching]
     assert min(rates) >= 20, rates  # ~25; the bench measures it exactly on a quiet machine
@@ -157,8 +132,8 @@ def test_twenty_aiortc_viewers_each_get_the_frame_rate(net, janus, broadcasting,
     assert status["broadcast_encoder"]["subscribers"] == 2  # one video and one audio subscription, for 20 viewers
     assert [sub["kind"] for sub in status["broadcast_subscriptions"]] == ["video", "audio"]
     assert all(sub["delivered"] > 0 for sub in status["broadcast_subscriptions"])
-    with entered(net.server):
-        metrics = httpx.get(f"http://{net.clients[0].server_address}:{broadcasting.port}/metrics", timeout=10).text
+    with entered(janus_net.server):
+        metrics = httpx.get(f"http://{janus_net.clients[0].server_address}:{broadcasting.port}/metrics", timeout=10).text
     assert 'avatard_janus_connected{server="janus_1",url="%s"} 1.0' % janus.url in metrics
     assert 'avatard_janus_mountpoint{server="janus_1",url="%s"} %d.0' % (janus.url, MOUNTPOINT) in metrics
     assert "avatard_janus_packets_sent_total" in metrics and "avatard_janus_recreations_total" in metrics

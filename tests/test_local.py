@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 import trio
+from conftest import wait_until
 from localenv import (
     LONG_SENTENCE,
     Pulse,
@@ -84,16 +85,6 @@ def local(daemon_factory, pulse, xvfb):
 
 def local_io(daemon) -> dict:
     return daemon.status()["local_io"]
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} within {timeout} s")
 
 
 def start_painted(local, xvfb, *args: str):
