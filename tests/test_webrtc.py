@@ -126,13 +126,16 @@ def open_page(browser: Browser, net: Network, index: int, query: str = "", port:
     page.on("pageerror", lambda exc: failures.append(f"uncaught: {exc}"))
     page.on("console", lambda m: failures.append(f"console.error: {m.text}") if m.type == "error" else None)
     origin = f"https://{NAME}:{port}" if port == PORT else f"http://{net.clients[index].server_address}:{port}"
-    page.goto(f"{origin}/?token={TOKEN}{query}")
-    page.wait_for_function("avatard.connection === 'connected' && avatard.framesDrawn > 0", timeout=WAIT_MS)
     try:
+        page.goto(f"{origin}/?token={TOKEN}{query}")
+        # window.avatard exists once app.js has run; if it never does (a script that failed to load), the
+        # page's own errors say why.
+        page.wait_for_function("window.avatard && avatard.connection === 'connected' && avatard.framesDrawn > 0",
+                               timeout=WAIT_MS)
         yield page
     finally:
         context.close()
-    assert not failures, failures
+        assert not failures, failures
 
 
 def wait(page: Page, expression: str, arg=None, timeout: float = WAIT_MS):
