@@ -51,6 +51,17 @@ class Namespace:
         if (NETNS_DIR / self.name).exists():  # a leftover of a killed run with the same pid
             ip("netns", "delete", self.name)
         ip("netns", "add", self.name)
+        # IPv4 only. With IPv6 on, each veth's link-local address finishes duplicate address detection ~1 s
+        # after the link comes up; Chromium's address tracker sees that change and aborts every load in
+        # flight with net::ERR_NETWORK_CHANGED (seen in CI: a page whose app.js never arrived). The tests
+        # use 198.18.0.0/15 alone, so the namespaces have no IPv6 to settle. Set before any link exists:
+        # links made later take the namespace's "default".
+        # (/proc/sys, not sysctl(8): a bare Debian has no procps; a kernel without IPv6 has nothing to do.)
+        done = subprocess.run([*self.prefix(), "sh", "-c", "[ ! -d /proc/sys/net/ipv6 ] || for c in all default; do "
+                               "echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6 || exit 1; done"],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"disabling IPv6 in {self.name}: {done.stderr.strip()}")
         self.ip("link", "set", "lo", "up")
 
     def delete(self) -> None:
