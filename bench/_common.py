@@ -133,6 +133,11 @@ class Daemon:
             raise ConnectionError("avatard closed the control connection")
         return json.loads(line)
 
+    @property
+    def port(self) -> int:
+        """The WebSocket server's port (``--port 0`` lets the kernel pick it)."""
+        return int(self.status()["server"].rsplit(":", 1)[1].strip("/"))
+
     def status(self) -> dict:
         return self.request("status")
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(c.REPO / "tests"))
 from gemini_live_server import GeminiLiveTestServer  # noqa: E402  (needs the path above)
 
-__all__ = ["GeminiLiveTestServer", "ServerProcess", "start_gemini_daemon", "start_local_daemon", "port_of", "Histogram",
+__all__ = ["GeminiLiveTestServer", "ServerProcess", "start_gemini_daemon", "start_local_daemon", "Histogram",
            "scrape_metrics", "is_silent", "rss_kib", "fd_count", "connect"]
 
 BRAIN_TIMEOUT = 20.0  # the first Live session (TLS + setup) takes ~1 s; far longer means it is broken
@@ -122,10 +122,6 @@ def start_gemini_daemon(server: GeminiLiveTestServer | ServerProcess, max_client
 
 def start_local_daemon(max_clients: int) -> c.Daemon:
     return c.Daemon.start(*server_args(max_clients))
-
-
-def port_of(daemon: c.Daemon) -> int:
-    return int(daemon.status()["server"].rsplit(":", 1)[1].strip("/"))
 
 
 async def connect(nursery: trio.Nursery, port: int) -> trio_websocket.WebSocketConnection:

@@ -314,7 +314,7 @@ ATTACKS = [
 async def run(attacks) -> list[list[str]]:
     rows = []
     with c.Daemon.start(*DAEMON_ARGS) as d:
-        port = int(d.status()["server"].rsplit(":", 1)[1].strip("/"))
+        port = d.port
         watcher = Watcher()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watcher.run, port)

@@ -171,7 +171,7 @@ async def _drain(stall: Stalled) -> None:
 
 
 async def _load(daemon: c.Daemon, healthy: int, stalled: bool, seconds: float, rcvbuf: int) -> Result:
-    port = int(daemon.status()["server"].rsplit(":", 1)[1].strip("/"))
+    port = daemon.port
     clients = [Healthy() for _ in range(healthy)]
     stall = Stalled() if stalled else None
     window = Window(float("inf"), float("inf"))  # nothing counts until the window is set

@@ -45,7 +45,7 @@ class Run:
 
     def start(self) -> None:
         self.daemon = c.Daemon.start(*DAEMON_ARGS)
-        port = int(self.daemon.status()["server"].rsplit(":", 1)[1].strip("/"))
+        port = self.daemon.port
         self.watcher = fuzzing.FrameWatcher(port)
         self.port = port
         self.ws = fuzzing.WsFuzzer(port)

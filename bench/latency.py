@@ -219,7 +219,7 @@ async def _turn(index: int, daemon: c.Daemon, bench: Bench) -> Turn:
 
 
 async def _drive(daemon: c.Daemon, clients: int, turns: int, warmup: int) -> tuple[list[Turn], dict, dict]:
-    port = g.port_of(daemon)
+    port = daemon.port
     bench = Bench()
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CONNECT_TIMEOUT):
@@ -312,24 +312,31 @@ def daemon_stage(run: Run, name: str) -> list[float]:
     return [t.views[0].latency[name] for t in run.turns if t.views[0].latency and name in t.views[0].latency]
 
 
-def to_daemon(run: Run) -> list[float]:
+def _staged(run: Run) -> list[Turn]:
+    """The turns whose model audio and daemon stages are known (the stage figures need both)."""
+    return [t for t in run.turns if t.model_audio_at is not None and t.views[0].latency]
+
+
+def _into_daemon_ms(run: Run, turn: Turn) -> float:
     """Model audio sent -> the daemon's trio side has it (TLS, the SDK's parsing, the asyncio bridge): the wait
     for the tick minus the daemon's own audio -> frame."""
-    return [1000 * (t.views[0].speech_tick - (t.model_audio_at + run.wall_offset)) - t.views[0].latency["audio_to_frame_ms"]
-            for t in run.turns if t.model_audio_at is not None and t.views[0].latency]
+    view = turn.views[0]
+    return 1000 * (view.speech_tick - (turn.model_audio_at + run.wall_offset)) - view.latency["audio_to_frame_ms"]
+
+
+def to_daemon(run: Run) -> list[float]:
+    return [_into_daemon_ms(run, t) for t in _staged(run)]
 
 
 def slowest_turns(run: Run, count: int) -> list[str]:
     """(a)'s slowest turns, each split into its stages, so that a tail can be pinned on one of them."""
     lines = []
-    turns = [t for t in run.turns if t.model_audio_at is not None and t.views[0].latency]
-    for t in sorted(turns, key=lambda t: -max(v.speech_at - t.model_audio_at for v in t.views))[:count]:
+    for t in sorted(_staged(run), key=lambda t: -max(v.speech_at - t.model_audio_at for v in t.views))[:count]:
         stages = t.views[0].latency
-        into = 1000 * (t.views[0].speech_tick - (t.model_audio_at + run.wall_offset)) - stages["audio_to_frame_ms"]
         clients = " / ".join(f"{1000 * (v.speech_at + run.wall_offset - v.speech_tick):.1f}" for v in t.views)
         lines.append(f"  {max(1000 * (v.speech_at - t.model_audio_at) for v in t.views):5.1f} ms = into the daemon "
-                     f"{into:.1f} + whole frame queued {stages['audio_to_queued_ms']:.1f} + to its tick "
-                     f"{stages['queued_to_frame_ms']:.1f} + tick -> clients {clients}")
+                     f"{_into_daemon_ms(run, t):.1f} + whole frame queued {stages['audio_to_queued_ms']:.1f} + to its "
+                     f"tick {stages['queued_to_frame_ms']:.1f} + tick -> clients {clients}")
     return lines
 
 

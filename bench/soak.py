@@ -262,7 +262,7 @@ async def _sampler(pid: int, state: State) -> None:
 
 
 async def _soak(daemon: c.Daemon, server: g.ServerProcess, args) -> dict:
-    port = g.port_of(daemon)
+    port = daemon.port
     viewers = [Viewer(i + 1) for i in range(args.clients)]
     state = State()
     previous: dict = {}

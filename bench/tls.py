@@ -152,7 +152,7 @@ def measure(scheme: str, pair: tuple[str, str], args) -> dict:
     daemon_args = ("--server", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning",
                    "--max-clients", str(args.viewers + 1), "--max-clients-per-ip", str(args.viewers + 1), *tls_args)
     with c.Daemon.start(*daemon_args) as daemon:
-        port = int(daemon.status()["server"].rsplit(":", 1)[1].strip("/"))
+        port = daemon.port
         result = trio.run(handshakes, daemon, port, context, args.connections)
         result.update(trio.run(streaming, daemon, port, context, args.viewers, args.seconds))
         result["tls_failures"] = daemon.status()["tls_failures"]

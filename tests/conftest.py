@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from janus_server import JanusServer
+from janus_server import JanusServer, entered
 from netns import Network
 
 READY_TIMEOUT = 20.0
@@ -209,3 +209,13 @@ def janus(janus_net, tmp_path):
                          interface="vs", admin_key=JANUS_ADMIN_KEY).start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def viewers(janus_net):
+    """aiortc viewers of Janus in the client namespace (their thread is started there)."""
+    from janus_viewer import ViewerPool  # aiortc: imported only by the tests that watch (Python >= 3.11)
+    with entered(janus_net.clients[0]):
+        pool = ViewerPool()
+    yield pool
+    pool.close()

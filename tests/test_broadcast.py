@@ -15,7 +15,6 @@ import pytest
 import trio
 from conftest import JANUS_ADMIN_KEY as ADMIN_KEY
 from janus_server import entered
-from janus_viewer import ViewerPool
 from test_media_encoder import FPS, make_frame
 
 from avatard.broadcast.broadcaster import Broadcaster
@@ -26,15 +25,6 @@ from avatard.protocol import janus as api
 
 MOUNTPOINT = 4242
 WAIT = 20.0  # any one expected state: a Janus restart, a WebRTC connection
-
-
-@pytest.fixture
-def viewers(janus_net):
-    """aiortc viewers in the client namespace (their thread is started there)."""
-    with entered(janus_net.clients[0]):
-        pool = ViewerPool()
-    yield pool
-    pool.close()
 
 
 @pytest.fixture

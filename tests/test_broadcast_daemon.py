@@ -23,7 +23,6 @@ import pytest
 from conftest import JANUS_ADMIN_KEY as ADMIN_KEY
 from conftest import start_daemon, wait_until
 from janus_server import entered
-from janus_viewer import ViewerPool
 from playwright.sync_api import sync_playwright
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -56,14 +55,6 @@ def broadcasting(janus_net, janus, tmp):
     finally:
         if daemon.proc.poll() is None:
             daemon.stop(signal.SIGKILL)
-
-
-@pytest.fixture
-def viewers(janus_net):
-    with entered(janus_net.clients[0]):
-        pool = ViewerPool()
-    yield pool
-    pool.close()
 
 
 def assert_no_admin_key(daemon, janus) -> None:
