@@ -14,6 +14,7 @@ import dotenv
 
 from .config import (
     AEC,
+    AEC_TUNINGS,
     BARGE_IN,
     BRAINS,
     DEFAULT_GCP_LOCATION,
@@ -60,6 +61,9 @@ OPTIONS = [
                                    help="Cancel the avatar's echo in the microphone (WebRTC AEC3); auto = on in local mode "
                                         "when a speaker and a microphone are both in use.")),
     ("--aec-ns", ["AVATARD_AEC_NS"], dict(is_flag=True, help="Also suppress noise in the microphone (with --aec).")),
+    ("--aec-tuning", ["AVATARD_AEC_TUNING"], dict(type=click.Choice(AEC_TUNINGS), default="double-talk", show_default=True,
+                                                 help="AEC3's echo suppressor: double-talk keeps more of someone talking over "
+                                                      "the avatar; webrtc is WebRTC's stock tuning.")),
     ("--record", ["AVATARD_RECORD"], dict(help="Also record the avatar (picture and voice) to this .mp4 file.")),
     ("--renderer", ["AVATARD_RENDERER"], dict(type=click.Choice(RENDERERS), default="auto", show_default=True,
                                              help="auto = bithuman when --model and --api-secret are set, else builtin.")),

@@ -7,7 +7,8 @@ the microphone's feed; a private Xvfb for local mode's window) and the same tool
    sink while the speaker's monitor (the reference: exactly what the room was given) and the microphone
    source are recorded; a visitor talks over it from 8 s. The two recordings are lined up by their
    chunks' arrival times (+-10 ms: AEC3 estimates the delay itself) and fed, 10 ms at a time, through
-   avatard's own ``ReferenceTap`` and ``EchoCanceller`` (AEC3, noise suppression off), timed:
+   avatard's own ``ReferenceTap`` and ``EchoCanceller`` (AEC3 with its default ``--aec-tuning double-talk``,
+   noise suppression off), timed, and once more through AEC3's stock tuning (``webrtc``) for comparison:
    - **ERLE** (echo return loss enhancement, ITU-T G.168: echo power in over residual power out) over
      the echo alone after convergence (goal >= 25 dB), and per 250 ms window;
    - **convergence time**: from the echo's first word to the first 250 ms window within 3 dB of that
@@ -52,6 +53,7 @@ from localenv import (  # noqa: E402
     Xvfb,
     find,
     say_for,
+    simulated_room,
     talk_over,
     voice_onset,
 )
@@ -79,9 +81,7 @@ ECHO_DBFS = -50.0  # a window counts as echo when the microphone is louder than 
 # speech -- a 0.075 that measured the filter's removal of sub-100 Hz hum, not the double talk.
 HIGH_PASS_HZ = 100
 RECORDINGS = 5
-# The simulated room: the reference 100 ms late with 60 ms of reverberation (noise decaying by 60 dB),
-# as loud at the microphone as the loopback makes it (unity gain), and once with the echo 10 dB quieter.
-SIMULATED_DELAY_S, SIMULATED_REVERB_S = 0.1, 0.06
+DEFAULT_TUNING, STOCK_TUNING = "double-talk", "webrtc"  # --aec-tuning: avatard's default, and AEC3's own
 
 
 def power(samples: np.ndarray) -> float:
@@ -121,10 +121,11 @@ def record_room(pulse: Pulse, workdir: Path) -> tuple[np.ndarray, np.ndarray, np
     return ref[:size], mic[:size], visitor, round((said_at - mic_chunks[0][0]) * RATE) + max(0, -skew)
 
 
-def cancel(reference: np.ndarray, microphone: np.ndarray) -> tuple[np.ndarray, float]:
-    """The microphone through avatard's canceller, 10 ms at a time as the devices would give it; and its CPU seconds."""
+def cancel(reference: np.ndarray, microphone: np.ndarray, tuning: str = DEFAULT_TUNING) -> tuple[np.ndarray, float]:
+    """The microphone through avatard's canceller (its suppressor tuned as ``tuning``), 10 ms at a time as the devices
+    would give it; and its CPU seconds."""
     tap = ReferenceTap(RATE)
-    canceller = EchoCanceller.open(tap, enabled=True, noise_suppression=False)
+    canceller = EchoCanceller.open(tap, enabled=True, noise_suppression=False, tuning=tuning)
     canceller.start()
     out = []
     cpu = 0.0
@@ -153,19 +154,6 @@ def apm_high_pass(samples: np.ndarray) -> np.ndarray:
     size = len(samples) + RATE
     spectrum = np.fft.rfft(samples.astype(np.float64), size) * np.fft.rfft(b, size) / np.fft.rfft(a, size)
     return np.fft.irfft(spectrum, size)[:len(samples)]
-
-
-def simulated_room(reference: np.ndarray, visitor: np.ndarray, at: int, echo_db: float) -> np.ndarray:
-    """A microphone in the simulated room: the reference's echo, ``echo_db`` against the loopback's level,
-    and the visitor from sample ``at``."""
-    delay, tail = round(SIMULATED_DELAY_S * RATE), round(SIMULATED_REVERB_S * RATE)
-    response = np.zeros(delay + tail)
-    response[delay:] = np.random.default_rng(15).normal(0, 0.3, tail) * np.exp(-np.arange(tail) * 6.9 / tail)
-    response[delay] = 1.0
-    echo = np.convolve(reference.astype(np.float64), response)[:len(reference)]
-    echo *= np.sqrt(power(reference) / power(echo)) * 10 ** (echo_db / 20)
-    echo[at:at + len(visitor)] += visitor[:len(echo) - at]
-    return echo.clip(-32768, 32767).astype(np.int16)
 
 
 def correlation(cleaned: np.ndarray, at: int, clean: np.ndarray) -> tuple[float, int]:
@@ -208,13 +196,17 @@ def canceller_figures(reference, microphone, cleaned, visitor, said, cpu) -> dic
 
 def canceller_on_the_room(pulse: Pulse, workdir: Path) -> dict:
     """The canceller's figures, medians over :data:`RECORDINGS` recordings of the room; the double talk's
-    range; and the median double talk of the same signals in the simulated room, by echo level (dB)."""
-    runs, simulated = [], {0.0: [], -10.0: []}
+    range; the same recordings through AEC3's stock tuning; and the median double talk of the same signals in
+    the simulated room, by echo level (dB)."""
+    runs, stock, simulated = [], [], {0.0: [], -10.0: []}
     for _ in range(RECORDINGS):
         reference, microphone, visitor, said = record_room(pulse, workdir)
         cleaned, cpu = cancel(reference, microphone)
         figures = canceller_figures(reference, microphone, cleaned, visitor, said, cpu)
-        print(f"ERLE per 250 ms window of echo alone: {figures['erle_windows']}; double talk {figures['correlation']:.2f}")
+        stock.append(canceller_figures(reference, microphone, cancel(reference, microphone, STOCK_TUNING)[0], visitor,
+                                       said, 0.0))
+        print(f"ERLE per 250 ms window of echo alone: {figures['erle_windows']}; double talk {figures['correlation']:.2f} "
+              f"(stock tuning: {stock[-1]['correlation']:.2f}, ERLE {stock[-1]['erle_db']:.1f} dB)")
         runs.append(figures)
         for echo_db, correlations in simulated.items():
             room = simulated_room(reference, visitor, figures["visitor_at"], echo_db)
@@ -225,6 +217,7 @@ def canceller_on_the_room(pulse: Pulse, workdir: Path) -> dict:
                            "visitor_vs_echo_db", "cpu_ms_per_s")}
     correlations = [figures["correlation"] for figures in runs]
     return {**medians, "correlation_range": (min(correlations), max(correlations)),
+            "stock": {key: float(np.median([figures[key] for figures in stock])) for key in ("correlation", "erle_db")},
             "simulated": {echo_db: float(np.median(values)) for echo_db, values in simulated.items()}}
 
 
@@ -276,11 +269,13 @@ def main() -> None:
     while_talking = sum(talk.interrupted_while_talking for talk in talks)
     low, high = aec["correlation_range"]
     rows = [
-        ["ERLE after convergence", f"{aec['erle_db']:.1f} dB (median of {RECORDINGS} recordings)", f">= {ERLE_GOAL_DB:g} dB"],
+        ["ERLE after convergence", f"{aec['erle_db']:.1f} dB (median of {RECORDINGS} recordings; WebRTC's stock tuning "
+         f"on the same recordings: {aec['stock']['erle_db']:.1f} dB)", f">= {ERLE_GOAL_DB:g} dB"],
         ["convergence", f"{aec['convergence_s']:.1f} s from the echo's first word (100 ms windows, within 3 dB "
          "of the steady ERLE)", "-"],
         ["double talk: correlation with the visitor", f"{aec['correlation']:.2f} ({low:.2f}-{high:.2f}; first 0.5 s: "
-         f"{aec['correlation_first']:.2f}); visitor {aec['visitor_vs_echo_db']:+.1f} dB against the avatar's voice; "
+         f"{aec['correlation_first']:.2f}; WebRTC's stock tuning on the same recordings: "
+         f"{aec['stock']['correlation']:.2f}); visitor {aec['visitor_vs_echo_db']:+.1f} dB against the avatar's voice; "
          f"APM delay {aec['apm_delay_ms']:.0f} ms; the same signals in a simulated room "
          f"{aec['simulated'][0.0]:.2f} (echo 10 dB quieter: {aec['simulated'][-10.0]:.2f})", f">= {CORRELATION_GOAL:g}"],
         ["CPU", f"{aec['cpu_ms_per_s']:.1f} ms per second of audio ({aec['cpu_ms_per_s'] / 10:.2f} % of one core)", "-"],

@@ -396,6 +396,24 @@ def voice_end(samples: np.ndarray) -> int:
     return (len(voiced) - int(np.argmax(voiced[::-1]))) * 320 - 1
 
 
+# The simulated room (numpy, no sound server): the reference 100 ms late with 60 ms of reverberation (noise
+# decaying by 60 dB), as loud at the microphone as the reference itself (the loopback's unity gain).
+SIMULATED_DELAY_S, SIMULATED_REVERB_S = 0.1, 0.06
+
+
+def simulated_room(reference: np.ndarray, visitor: np.ndarray, at: int, echo_db: float = 0.0) -> np.ndarray:
+    """A microphone in the simulated room: the reference's echo, ``echo_db`` against the reference's level,
+    and the visitor from sample ``at``."""
+    delay, tail = round(SIMULATED_DELAY_S * RATE), round(SIMULATED_REVERB_S * RATE)
+    response = np.zeros(delay + tail)
+    response[delay:] = np.random.default_rng(15).normal(0, 0.3, tail) * np.exp(-np.arange(tail) * 6.9 / tail)
+    response[delay] = 1.0
+    echo = np.convolve(reference.astype(np.float64), response)[:len(reference)]
+    echo *= np.sqrt(np.sum(reference.astype(np.float64) ** 2) / np.sum(echo ** 2)) * 10 ** (echo_db / 20)
+    echo[at:at + len(visitor)] += visitor[:len(echo) - at]
+    return echo.clip(-32768, 32767).astype(np.int16)
+
+
 def say_for(say, seconds: float) -> None:
     """Queue enough of LONG_SENTENCE (~15 s each, at espeak's pace) for the avatar to talk ``seconds``;
     ``say(text)`` queues one and returns whether that worked."""

@@ -17,6 +17,9 @@ Every APM call is made on the microphone's thread. WebRTC allows render and capt
 (its locks), but the binding holds the GIL through each call anyway (~70 us a frame), so a second
 thread would buy nothing and would have to share the resampler's and the frame buffers' state.
 
+AEC3's residual-echo suppressor is tuned for a visitor who talks over the avatar (:data:`TUNINGS`), through
+WebRTC's field trials: the one door the binding leaves open to AEC3's configuration.
+
 Rejected: the APM's own delay hint (``set_stream_delay``): AEC3 estimates the delay itself and ignores
 it; AEC on the renderer's 16 kHz frames: the speaker's ring can trim or skip samples, so that reference
 would not be what the room heard.
@@ -25,6 +28,8 @@ would not be what the room heard.
 from __future__ import annotations
 
 import collections
+import ctypes
+import logging
 import threading
 
 import numpy as np
@@ -33,6 +38,8 @@ from ..constants import RATE
 from ..core.audio import StreamResampler
 from ..errors import ConfigError
 from .echo_meter import FRAME, EchoMeter
+
+logger = logging.getLogger("avatard.aec")
 
 # One second of speaker blocks waiting for the microphone's thread, which drains them every 20 ms.
 # Fuller means the microphone stopped (or has not started): the oldest reference goes (counted); it
@@ -43,6 +50,30 @@ REFERENCE_HANDOFF_BLOCKS = 100
 CONVERGENCE_FRAMES = 100
 INSTALL_HINT = "pip install 'avatard[aec]' (aec-audio-processing, Python >= 3.11), or run with --aec off"
 
+# AEC3's suppressor (``--aec-tuning``). The binding builds AEC3 from WebRTC's default EchoCanceller3Config and
+# takes no config, but the library in its wheel reads WebRTC's field trials -- one process-wide string,
+# ``webrtc::field_trial::InitFieldTrialsFromString`` -- every time it builds an AEC3, and adjusts the config by
+# them (``AdjustConfig`` in modules/audio_processing/aec3/echo_canceller3.cc). "double-talk" is three of WebRTC's
+# own named tunings of the suppressor's near-end state, the state AEC3 enters when the microphone holds much
+# more than the echo it predicts (someone else is talking):
+#   - EnforceMoreTransparentNearendSuppressorTuning: low bands pass up to an echo-to-near-end ratio of 1.29
+#     and are suppressed from 1.3 (default 1.09 / 1.1);
+#   - EnforceMoreTransparentNearendSuppressorHfTuning: the high bands likewise, 1.09 / 1.1 (default 0.1 / 0.3);
+#   - EnforceRapidlyAdjustingNearendSuppressorTunings: the gain may rise 2.5x per 4 ms block (default 2x).
+# Measured on bench/aec.py's room recordings (6, medians): double talk 0.84 -> 0.89 (the visitor's first 0.5 s
+# 0.76 -> 0.80), ERLE over echo alone 36.2 dB both ways (echo alone never enters the near-end state). The cost:
+# while someone talks over the avatar, more of the avatar's residual echo passes along with their voice.
+# "webrtc" is AEC3's stock tuning, which mutes more of that visitor.
+TUNINGS = {
+    "double-talk": ("WebRTC-Aec3EnforceMoreTransparentNearendSuppressorTuning/Enabled/"
+                    "WebRTC-Aec3EnforceMoreTransparentNearendSuppressorHfTuning/Enabled/"
+                    "WebRTC-Aec3EnforceRapidlyAdjustingNearendSuppressorTunings/Enabled/"),
+    "webrtc": "",
+}
+INIT_FIELD_TRIALS = "_ZN6webrtc11field_trial25InitFieldTrialsFromStringEPKc"  # (const char*), Itanium C++ ABI
+# The library keeps the pointer it is given, not a copy: every string handed to it lives as long as the process.
+_field_trials: dict[str, ctypes.Array] = {}
+
 
 def load_processor_class():
     """The binding's ``AudioProcessor``; ConfigError (one line, naming the fix) if it is not installed."""
@@ -51,6 +82,23 @@ def load_processor_class():
     except ImportError as exc:
         raise ConfigError(f"--aec: the echo canceller is not available ({exc}); {INSTALL_HINT}") from None
     return AudioProcessor
+
+
+def install_tuning(name: str) -> str:
+    """Make every AEC3 built from now on (in this process) use the tuning ``name``; returns the tuning in
+    effect: "webrtc" when the library cannot take field trials (a build without the symbol), with a warning."""
+    from aec_audio_processing import lib
+    try:
+        init = lib[INIT_FIELD_TRIALS]
+    except AttributeError:
+        if TUNINGS[name]:
+            logger.warning("--aec-tuning %s: this aec-audio-processing build takes no field trials; AEC3 runs with "
+                           "WebRTC's stock tuning", name)
+        return "webrtc"
+    init.argtypes, init.restype = [ctypes.c_char_p], None
+    trials = _field_trials.setdefault(name, ctypes.create_string_buffer(TUNINGS[name].encode()))
+    init(trials)
+    return name
 
 
 class ReferenceTap:
@@ -94,10 +142,11 @@ class EchoCanceller:
 
     name = "echo_canceller"
 
-    def __init__(self, tap: ReferenceTap, processor, *, noise_suppression: bool) -> None:
+    def __init__(self, tap: ReferenceTap, processor, *, noise_suppression: bool, tuning: str | None = None) -> None:
         self._tap = tap
         self._processor = processor
         self.noise_suppression = noise_suppression
+        self.tuning = tuning  # the suppressor's tuning in effect (None: no canceller)
         self._resampler = StreamResampler(tap.rate, RATE)
         self._reference = np.zeros(0, np.int16)  # 16 kHz reference short of a whole frame
         self._pending = np.zeros(0, np.int16)  # microphone samples short of a whole frame
@@ -106,16 +155,19 @@ class EchoCanceller:
         self._adapting_since = 0  # the meter's speech_frames when the canceller last started to adapt
 
     @classmethod
-    def open(cls, tap: ReferenceTap, *, enabled: bool, noise_suppression: bool) -> EchoCanceller:
-        """AEC3 with noise suppression only if asked; no gain control (the brain and the detectors want
-        the level as the room gives it). All features off would make the APM output silence."""
-        processor = None
+    def open(cls, tap: ReferenceTap, *, enabled: bool, noise_suppression: bool,
+             tuning: str = "double-talk") -> EchoCanceller:
+        """AEC3 with its suppressor tuned as ``tuning`` (:data:`TUNINGS`), noise suppression only if asked; no gain
+        control (the brain and the detectors want the level as the room gives it). All features off would make
+        the APM output silence."""
+        processor = in_effect = None
         if enabled:
-            processor = load_processor_class()(enable_aec=True, enable_ns=noise_suppression, enable_agc=False,
-                                               enable_vad=False)
+            processor_class = load_processor_class()
+            in_effect = install_tuning(tuning)  # before the APM exists: AEC3 reads the trials when it is built
+            processor = processor_class(enable_aec=True, enable_ns=noise_suppression, enable_agc=False, enable_vad=False)
             processor.set_stream_format(RATE, 1)
             processor.set_reverse_stream_format(RATE, 1)  # the same rate for both streams: AEC3 needs it
-        return cls(tap, processor, noise_suppression=noise_suppression)
+        return cls(tap, processor, noise_suppression=noise_suppression, tuning=in_effect)
 
     def start(self) -> None:
         """The microphone starts now: reference pushed before it describes no echo we will hear."""
@@ -173,6 +225,7 @@ class EchoCanceller:
         return self._processor is not None and self.meter.speech_frames - self._adapting_since < CONVERGENCE_FRAMES
 
     def status(self) -> dict:
-        return {"aec": self._processor is not None, "converging": self.converging, "noise_suppression": self.noise_suppression,
+        return {"aec": self._processor is not None, "converging": self.converging, "tuning": self.tuning,
+                "noise_suppression": self.noise_suppression,
                 "delay_ms": self.meter.delay_ms, "erle_db": self.meter.erle_db,
                 "frames_processed": self.frames_processed, "reference_dropped": self._tap.dropped}

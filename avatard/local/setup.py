@@ -113,7 +113,8 @@ def make_local_parts(config: Config, setup: LocalSetup, renderer, window) -> Loc
     if setup.input is not None and setup.output is not None:
         from .echo_canceller import EchoCanceller, ReferenceTap
         tap = ReferenceTap(setup.output.rate)
-        canceller = EchoCanceller.open(tap, enabled=setup.aec, noise_suppression=config.aec_ns)
+        canceller = EchoCanceller.open(tap, enabled=setup.aec, noise_suppression=config.aec_ns,
+                                       tuning=config.aec_tuning)
     if setup.output is not None:
         from .speaker import Speaker
         speaker = Speaker(setup.output, reference=tap)
