@@ -55,6 +55,7 @@ import attrs
 import trio
 import trio_websocket
 
+from avatard.constants import RATE
 from avatard.protocol import media as wire
 
 # The daemon's share of a reply and of an interrupt: render + encode + send of one frame, with no wait
@@ -80,6 +81,8 @@ class View:
 
     speech_at: float | None = None  # first non-silent audio chunk
     speech_tick: float | None = None  # its header timestamp (wall clock: the renderer tick)
+    idle_tick: float | None = None  # the tick of the (silent) chunk before it: the idle grid's phase
+    lead_in: float | None = None  # seconds of silence at the head of that first speech chunk
     interrupting: bool = False  # the bench has started an interrupt (set before it is sent)
     silent_at: float | None = None  # first silent chunk after that
     status_at: float | None = None  # `interrupted` status arrived
@@ -135,6 +138,7 @@ class Bench:
 
 async def _reader(bench: Bench, client: Client) -> None:
     audio_type, unpack = wire.AUDIO, wire.AUDIO_HEADER.unpack_from
+    last_tick = None
     try:
         while True:
             message = await client.ws.get_message()
@@ -146,8 +150,11 @@ async def _reader(bench: Bench, client: Client) -> None:
                 if message[0] != audio_type:
                     continue
                 silent = g.is_silent(message)
+                tick, last_tick = last_tick, unpack(message)[4]
                 if not silent and view.speech_at is None:
-                    view.speech_at, view.speech_tick = now, unpack(message)[4]
+                    view.speech_at, view.speech_tick, view.idle_tick = now, last_tick, tick
+                    pcm = message[wire.AUDIO_HEADER.size:]
+                    view.lead_in = (len(pcm) - len(pcm.lstrip(b"\0"))) // 2 / RATE
                     bench.poke()
                 if view.interrupting and silent and view.silent_at is None:
                     view.silent_at = now
@@ -261,8 +268,8 @@ def _first_audio_per_turn(server: g.GeminiLiveTestServer, turns: int, warmup: in
     return firsts[warmup:]
 
 
-def run_gemini(clients: int, turns: int, warmup: int, in_process: bool) -> Run:
-    options = dict(realtime=False, ms_per_char=REPLY_MS_PER_CHAR)
+def run_gemini(clients: int, turns: int, warmup: int, in_process: bool, realtime: bool = False) -> Run:
+    options = dict(realtime=realtime, ms_per_char=REPLY_MS_PER_CHAR)
     with (g.GeminiLiveTestServer(**options) if in_process else g.ServerProcess(**options)) as server:
         with g.start_gemini_daemon(server, clients + 2) as daemon:
             done, histograms, status = trio.run(_drive, daemon, clients, turns, warmup)
@@ -279,7 +286,7 @@ def run_local(clients: int, turns: int, warmup: int) -> Run:
 
 # -- figures -------------------------------------------------------------------------------------------------
 
-SLOWEST_SHOWN = 4  # (a)'s slowest turns printed stage by stage: at 30 turns, p95 lies among them
+SLOWEST_SHOWN = 8  # (a)'s slowest turns printed stage by stage: at 30 turns, p95 lies among them
 
 
 def _ms(values) -> list[float]:
@@ -301,6 +308,17 @@ def speech_out(run: Run) -> list[float]:
 def to_tick(run: Run) -> list[float]:
     return _ms(v.speech_tick - (t.model_audio_at + run.wall_offset) for t in run.turns
                if t.model_audio_at is not None for v in t.views)
+
+
+def word_out(run: Run) -> list[float]:
+    """Model audio sent -> the first speech sample at each client: the first chunk plus the silence leading it in
+    (the renderer leads a start short of a frame in rather than wait for the model's next chunk)."""
+    return _ms(v.speech_at + v.lead_in - t.model_audio_at for t in run.turns if t.model_audio_at is not None
+               for v in t.views)
+
+
+def lead_ins(run: Run) -> list[float]:
+    return _ms(v.lead_in for t in run.turns for v in t.views)
 
 
 def tick_to_client(run: Run) -> list[float]:
@@ -334,9 +352,11 @@ def slowest_turns(run: Run, count: int) -> list[str]:
     for t in sorted(_staged(run), key=lambda t: -max(v.speech_at - t.model_audio_at for v in t.views))[:count]:
         stages = t.views[0].latency
         clients = " / ".join(f"{1000 * (v.speech_at + run.wall_offset - v.speech_tick):.1f}" for v in t.views)
+        phase = 1000 * (t.model_audio_at + run.wall_offset - t.views[0].idle_tick)
         lines.append(f"  {max(1000 * (v.speech_at - t.model_audio_at) for v in t.views):5.1f} ms = into the daemon "
                      f"{_into_daemon_ms(run, t):.1f} + whole frame queued {stages['audio_to_queued_ms']:.1f} + to its "
-                     f"tick {stages['queued_to_frame_ms']:.1f} + tick -> clients {clients}")
+                     f"tick {stages['queued_to_frame_ms']:.1f} + tick -> clients {clients} (audio sent "
+                     f"{phase:.1f} ms after an idle tick)")
     return lines
 
 
@@ -431,6 +451,8 @@ def main() -> None:
     parser.add_argument("--no-local", action="store_true", help="skip the offline-brain baseline")
     parser.add_argument("--speaker-turns", type=int, default=20,
                         help="interrupts of a local-mode daemon's speaker (PulseAudio + Xvfb); 0 skips them")
+    parser.add_argument("--paced-turns", type=int, default=15,
+                        help="turns against a test server speaking in real time (40 ms chunks 40 ms apart); 0 skips")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     args = parser.parse_args()
     if not 3 <= args.turns <= 1000 or not 1 <= args.clients <= 50 or not 0 <= args.warmup <= 20:
@@ -443,6 +465,10 @@ def main() -> None:
     print(f"  running: Gemini brain, Live test server ({where}) answering instantly ...", flush=True)
     gem = run_gemini(args.clients, args.turns, args.warmup, args.server_in_process)
     runs = [gem]
+    paced = None
+    if args.paced_turns:
+        print("  running: Gemini brain, Live test server speaking in real time ...", flush=True)
+        paced = run_gemini(args.clients, args.paced_turns, args.warmup, args.server_in_process, realtime=True)
     if not args.no_local:
         print("  running: offline brain (baseline) ...", flush=True)
         runs.append(run_local(args.clients, args.turns, args.warmup))
@@ -457,6 +483,7 @@ def main() -> None:
 
     rows = [
         ["(a) model audio sent -> first speech chunk at client", stats(speech_out(gem)), "n/a (no model audio)"],
+        ["    ... -> its first speech sample (the chunk + silence leading it in)", stats(word_out(gem)), "-"],
         ["    of which: audio sent -> its renderer tick", stats(to_tick(gem)), "-"],
         ["      stage: audio sent -> in the daemon (TLS, SDK parse, bridge)", stats(to_daemon(gem)), "-"],
         ["      stage: first audio -> a whole frame queued (resampler, next chunk)",
@@ -478,6 +505,16 @@ def main() -> None:
     ]
     print()
     c.print_table(["measure", "gemini (test server, instant)", "offline brain (baseline)"], rows)
+    if paced is not None:
+        print(f"\nthe same, {args.paced_turns} turns against a Live test server speaking in real time (a start short of "
+              "a frame: the model's next chunk is 40 ms away)")
+        c.print_table(["measure", "gemini (test server, real time)"], [
+            ["(a) model audio sent -> first speech chunk at client", stats(speech_out(paced))],
+            ["    stage: first audio -> its frame may go (a whole frame, or the lead-in's wait)",
+             stats(daemon_stage(paced, "audio_to_queued_ms"))],
+            ["    silence leading the first speech chunk in", stats(lead_ins(paced))],
+            ["model audio sent -> first speech sample at client (chunk + lead-in)", stats(word_out(paced))],
+        ])
     print("\n" + "; ".join(f"{r.brain}: rendered {r.status['frames_rendered']}, dropped {r.status['frames_dropped']}, "
                           f"ticks skipped {r.status['ticks_skipped']}, reconnects {r.status['reconnects']}" for r in runs))
     print(f"load average after: {c.loadavg()}. (a) goal: {verdict(speech_out(gem))}; "

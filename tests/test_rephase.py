@@ -179,3 +179,39 @@ async def test_the_push_that_starts_speech_returns_once_its_first_frame_audio_is
         with trio.fail_after(1e-6):  # the mock clock: no time passes for a push that does not wait
             assert await avatar.push_audio(speech[spf:2 * spf])
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("before_tick", [0.005, 0.02])  # a tick on the grid inside the wait; the wait ends first
+async def test_a_start_short_of_a_frame_goes_out_led_in_once_its_wait_is_over(autojump_clock, before_tick):
+    # A model speaking in real time: the rest of the first frame is 40 ms away. The start waits as long as
+    # the silence that would lead it in, then goes out with that silence first and the word whole after it.
+    avatar = renderer()
+    send, receive = trio.open_memory_channel(1000)
+    frames = []
+    speech = (np.sin(np.arange(RATE) / 5) * 8000).astype(np.int16)
+    spf = RATE // FPS
+    short = 490  # Gemini's first 40 ms at 24 kHz, out of the resampler
+    async with trio.open_nursery() as nursery:
+        await nursery.start(avatar.run, send)
+        nursery.start_soon(collect, receive, frames)
+        await trio.sleep(0.5)
+        await trio.sleep(frames[-1][0] + PERIOD - before_tick - trio.current_time())
+        pushed_at = trio.current_time()
+        assert await avatar.push_audio(speech[:short])
+        await trio.sleep(0.2)
+        rest_at = trio.current_time()
+        assert await avatar.push_audio(speech[short:short + 3 * spf])
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    during = [f for t, f in frames if pushed_at <= t < pushed_at + (spf - short) / RATE - 1e-9]
+    assert len(during) == (before_tick < (spf - short) / RATE), "a tick on the grid inside the wait, or none"
+    assert not any(f.audio.any() for f in during), "the tick inside the wait took none of the word"
+    spoken = [(t, f) for t, f in frames if f.audio.any()]
+    assert spoken[0][0] == pytest.approx(pushed_at + (spf - short) / RATE), "out once the wait was over"
+    first = spoken[0][1].audio
+    assert not first[:spf - short].any() and np.array_equal(first[spf - short:], speech[:short]), \
+        "silence first, then the whole start of the word"
+    later = np.concatenate([f.audio for t, f in frames if t >= rest_at])
+    assert np.array_equal(later[np.flatnonzero(later)[0]:][:3 * spf], speech[short:short + 3 * spf]), \
+        "the rest follows on"
+    assert (np.diff([f.timestamp for _, f in frames]) > 0).all()

@@ -12,6 +12,9 @@ up to 5 ms, and the sinks take two frames in a row like any other two (each has 
 timestamp; the speaker drops queued idle silence when speech starts). So no two consecutive intervals are
 both shorter than the minimum gap.
 
+An event may also be announced for later (:meth:`FrameClock.rephase` with ``at``): speech whose first chunk is
+short of a frame re-phases when the rest has come or, at the latest, then.
+
 Rejected: rendering an extra frame on each event while keeping the grid. It doubles the frames of a busy
 second and still leaves the following frames on the old phase.
 """
@@ -48,21 +51,35 @@ class FrameClock:
         self._tick = 0
         self._last = -math.inf  # trio time of the last tick handed out
         self._last_rephased = -math.inf  # trio time of the last re-phased tick
-        self._wake = trio.Event()  # set by rephase(): the pending tick is due now
+        self._due_now = False  # rephase(): the pending tick is due now
+        self._wake_at = math.inf  # rephase(at=...): the pending tick is due then, if not before
+        self._changed = trio.Event()  # set by rephase(): a sleeping next_tick() looks again
         self.skipped = 0
         self.rephased = 0
 
-    def rephase(self) -> None:
-        """Make the next tick due now (or as soon as the minimum gap allows); the grid continues from it."""
-        self._wake.set()
+    def rephase(self, at: float | None = None) -> None:
+        """Make the next tick due now (or as soon as the minimum gap allows); the grid continues from it.
+        With ``at`` (trio time), due then instead, unless a tick on the grid or another re-phase comes first."""
+        if at is None:
+            self._due_now = True
+        else:
+            self._wake_at = min(self._wake_at, at)
+        self._changed.set()
 
     async def next_tick(self) -> tuple[int, float]:
         """Sleep until the next tick is due; return its index and presentation time (epoch seconds)."""
         deadline = self._start + self._tick * self._period
-        with trio.move_on_at(deadline):
-            await self._wake.wait()
-        if self._wake.is_set():
-            self._wake = trio.Event()
+        while True:  # until due: on the grid, re-phased now, or re-phased for a time that has come
+            self._changed = trio.Event()
+            with trio.move_on_at(min(deadline, self._wake_at)):  # a time already past: just a checkpoint
+                if self._due_now:
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await self._changed.wait()
+            if self._due_now or trio.current_time() >= min(deadline, self._wake_at):
+                break
+        if self._due_now or trio.current_time() >= self._wake_at:
+            self._due_now, self._wake_at = False, math.inf
             now = trio.current_time()
             earliest = max(now, self._last + self._min_step, self._last_rephased + self._min_gap)
             if earliest < deadline:

@@ -51,6 +51,7 @@ class BuiltinRenderer:
         self._speech = SpeechBuffer()
         self._flushed = True
         self._starting = False  # speech pushed while idle, not yet a whole frame: re-phase once it is
+        self._lead_in_at: float | None = None  # trio time: a start still short of a frame goes out led in then
         self._first_out: trio.Event | None = None  # a turn's first frame: set once its audio has gone out
         self._speaking = SpeakingTracker(events, latency)
         self.frames_rendered = 0
@@ -85,13 +86,16 @@ class BuiltinRenderer:
         Speech that starts while the avatar is idle re-phases the clock: its first frame goes out as soon
         as a whole frame of it is queued, instead of at the next tick of an arbitrary grid. (A frame made
         from a first chunk shorter than a frame -- Gemini's first 40 ms at 24 kHz come out of the resampler
-        as 30 -- would be padded with silence in the middle of the first word.)
+        as 30 -- would be padded with silence in the middle of the first word.) A start still short of a frame
+        waits for the rest at most as long as the silence that would lead it in instead (:meth:`_lead_in`).
         """
         self._starting = self._starting or (not self.speaking and self._speech.pending == 0)
         self._flushed = False
         queued = await self._speech.put(samples)
+        if queued and self._starting and self._speech.pending < self.samples_per_frame and self._clock is not None:
+            self._lead_in()
         if queued and self._starting and self._speech.pending >= self.samples_per_frame and self._clock is not None:
-            self._starting = False
+            self._starting, self._lead_in_at = False, None
             self._latency.speech_queued()
             self._first_out = first_out = trio.Event()
             self._clock.rephase()
@@ -111,7 +115,7 @@ class BuiltinRenderer:
         dropped = self._speech.clear()
         self._animator.interrupt()
         self._flushed = True
-        self._starting = False
+        self._starting, self._lead_in_at = False, None
         self._release_producer()
         if self._clock is not None:
             self._clock.rephase()  # the silent, closed-mouth frame goes out now, not at the next tick
@@ -144,6 +148,26 @@ class BuiltinRenderer:
 
     # -- internals --------------------------------------------------------------------------------
 
+    def _lead_in(self) -> None:
+        """Speech has begun but is short of a frame: Gemini's first 40 ms chunk gives 30 ms out of the resampler
+        (the rest is its filter's look-ahead, out with the next chunk). From a burst the next chunk is there
+        within a few ms; from a model speaking in real time, 40 ms later. Wait for it at most as long as the
+        silence that would otherwise lead the word in (ski rental: never worse than twice the better choice
+        made in hindsight), then send the first frame with that lead-in at its head."""
+        if self._lead_in_at is None:
+            missing = (self.samples_per_frame - self._speech.pending) / RATE
+            self._lead_in_at = trio.current_time() + missing
+            self._clock.rephase(at=self._lead_in_at)
+
+    def _take(self) -> tuple[np.ndarray, int]:
+        """This frame's samples: a whole frame of speech (or silence); a start short of a frame only once its
+        wait is over, led in by silence, and until then nothing of it (never a gap inside the word)."""
+        if self._starting and 0 < self._speech.pending < self.samples_per_frame:
+            if self._lead_in_at is not None and trio.current_time() >= self._lead_in_at:
+                return self._speech.take_led_in(self.samples_per_frame)
+            return np.zeros(self.samples_per_frame, dtype=np.int16), 0
+        return self._speech.take(self.samples_per_frame)
+
     def _release_producer(self) -> None:
         if self._first_out is not None:
             self._first_out.set()
@@ -151,8 +175,9 @@ class BuiltinRenderer:
 
     async def _render(self, frames: trio.MemorySendChannel, index: int, timestamp: float) -> Frame:
         generation = self._speech.generation
-        audio, real = self._speech.take(self.samples_per_frame)
-        self._starting = self._starting and not real  # speech has started on the grid (a tick came first)
+        audio, real = self._take()
+        if real:  # speech has started (on the grid if a tick came first)
+            self._starting, self._lead_in_at = False, None
         self._speaking.frame(real, turn_over=self._flushed)
         self._hand_out(frames, FrameAudio(index=index, timestamp=timestamp, audio=audio, speaking=self.speaking,
                                           generation=generation))

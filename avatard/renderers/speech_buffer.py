@@ -65,6 +65,13 @@ class SpeechBuffer:
             self._space.set()
         return out, filled
 
+    def take_led_in(self, n: int) -> tuple[np.ndarray, int]:
+        """Exactly ``n`` samples: silence, then everything queued (fewer than ``n``, all of it real speech). The
+        first frame of speech that has begun to arrive: its lead-in before the word, never a gap inside it."""
+        lead = max(0, n - self.pending)
+        audio, real = self.take(n - lead)
+        return np.concatenate([np.zeros(lead, dtype=np.int16), audio]), real
+
     def clear(self) -> int:
         """Drop everything (interrupt). Returns the number of samples discarded."""
         dropped = self.pending
