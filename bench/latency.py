@@ -552,6 +552,11 @@ def main() -> None:
          f"{histogram(gem, 'interrupt_to_silence')}"
          + (f"; offline brain {stats(to_silence(local))}" if local else ""), f"p95 <= {GOAL_MS:g} ms, no speech after"),
     ]
+    if paced is not None:
+        figures.append(("latency: a model speaking in real time -> speech out",
+                        f"first speech chunk {stats(speech_out(paced))}; its first speech sample (after the lead-in, "
+                        f"p50 {c.percentile(lead_ins(paced), 50):.1f} ms) {stats(word_out(paced))}",
+                        "- (before the lead-in: chunk p50 44.5 / p95 46.8 ms, no lead-in)"))
     if speaker_ms:
         figures.append(("latency: interrupt -> local speaker silent",
                         f"next block taken by the card {stats(speaker_ms)}, then the device latency {device_ms:g} ms "
