@@ -328,6 +328,19 @@ def test_the_double_talk_tuning_keeps_more_of_a_visitor_and_removes_the_echo_as_
     assert stock_erle > 20 and tuned_erle > stock_erle - 1.0
 
 
+def test_a_library_without_field_trials_runs_the_stock_tuning_and_says_so(monkeypatch, caplog):
+    import aec_audio_processing
+
+    class NoFieldTrials:  # a ctypes library without the symbol raises AttributeError, as ctypes.CDLL does
+        def __getitem__(self, name):
+            raise AttributeError(name)
+
+    monkeypatch.setattr(aec_audio_processing, "lib", NoFieldTrials())
+    canceller = EchoCanceller.open(ReferenceTap(16000), enabled=True, noise_suppression=False, tuning="double-talk")
+    assert canceller.status()["tuning"] == "webrtc"
+    assert "takes no field trials" in caplog.text
+
+
 def test_window_slot_shows_each_picture_when_due():
     slot = window._FrameSlot()
     now = time.monotonic()

@@ -86,11 +86,12 @@ def load_processor_class():
 
 def install_tuning(name: str) -> str:
     """Make every AEC3 built from now on (in this process) use the tuning ``name``; returns the tuning in
-    effect: "webrtc" when the library cannot take field trials (a build without the symbol), with a warning."""
-    from aec_audio_processing import lib
+    effect: "webrtc" when the library cannot take field trials (a build without the library handle or the
+    symbol), with a warning."""
     try:
+        from aec_audio_processing import lib
         init = lib[INIT_FIELD_TRIALS]
-    except AttributeError:
+    except (ImportError, AttributeError):
         if TUNINGS[name]:
             logger.warning("--aec-tuning %s: this aec-audio-processing build takes no field trials; AEC3 runs with "
                            "WebRTC's stock tuning", name)
