@@ -244,6 +244,18 @@ def snapshot(state: State, path: str) -> None:
 
 
 @command(cli)
+@pass_state
+def metrics(state: State) -> None:
+    """Print the daemon's numbers in Prometheus text format: what GET /metrics serves, in every mode (local
+    mode has no HTTP server; e.g. for node_exporter's textfile collector)."""
+    reply = state.call("metrics")
+    if state.as_json:
+        state.show(reply)
+        return
+    click.echo(reply["text"], nl=False)
+
+
+@command(cli)
 @click.option("--events", "kinds", multiple=True, type=click.Choice(proto.EVENT_KINDS),
               help="Only these kinds (repeatable) [default: all but frame].")
 @pass_state

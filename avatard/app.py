@@ -181,7 +181,7 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup(), tls
             await nursery.start(vision.run)
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
-        await nursery.start(serve_control, config.control_socket, hub)
+        await nursery.start(serve_control, config.control_socket, hub, registry)
         for encoder in encoders.values():
             await nursery.start(encoder.run, renderer.fps)
         if server is not None:

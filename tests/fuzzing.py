@@ -59,7 +59,7 @@ WS_COMMANDS = ("interrupt", "gesture", "subscribe")
 MAX_TEXT_CHARS = 2000
 MIN_RATE, MAX_RATE = 8000, 192000
 CONTROL_COMMANDS = ("ping", "status", "interrupt", "replay", "gestures", "gesture", "say", "ask", "subscribe",
-                    "snapshot")
+                    "snapshot", "metrics")
 EVENT_KINDS = ("status", "transcription", "gesture", "client", "latency", "error", "frame")
 # Control socket: a longer line gets a "too_long" error and the connection closes. Room for one `look` still:
 # 512 KiB of image in base64 (4/3 as long) plus 64 KiB for the JSON around it.
@@ -466,7 +466,7 @@ def control_line_verdict(line: bytes, gestures=KNOWN_GESTURES) -> str | None:
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         return "error"
     cmd = request["cmd"]
-    if cmd in ("ping", "status", "interrupt", "gestures", "snapshot"):
+    if cmd in ("ping", "status", "interrupt", "gestures", "snapshot", "metrics"):
         return "ok"
     if cmd == "replay":
         return "error"  # no --audio-file

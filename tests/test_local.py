@@ -649,6 +649,9 @@ def test_with_echo_cancellation_the_avatar_does_not_interrupt_itself(local, puls
             assert status["speaking"], "the avatar talks for the whole minute"
             time.sleep(1.0)
         status = daemon.status()
+        # The same numbers as Prometheus text: what /metrics would serve, through the control socket (local
+        # mode serves no HTTP).
+        exposition = daemon.ctl("metrics")
     info = status["local_io"]
     print(f"with AEC, {KIOSK_SECONDS} s of the avatar talking: {info['microphone']} {info['echo_canceller']}")
     assert info["microphone"]["barge_ins"] == 0 and info["microphone"]["self_interrupts"] == 0
@@ -656,6 +659,11 @@ def test_with_echo_cancellation_the_avatar_does_not_interrupt_itself(local, puls
     canceller = info["echo_canceller"]
     assert canceller["aec"] is True and canceller["frames_processed"] >= 95 * KIOSK_SECONDS
     assert canceller["tuning"] == "double-talk"
+    assert exposition.returncode == 0, exposition.stderr
+    lines = dict(line.rsplit(" ", 1) for line in exposition.stdout.splitlines() if line and not line.startswith("#"))
+    assert float(lines["avatard_aec_enabled"]) == 1 and float(lines["avatard_aec_erle_db"]) >= 20
+    assert float(lines["avatard_aec_frames_processed_total"]) >= 95 * KIOSK_SECONDS
+    assert float(lines["avatard_self_interrupts_total"]) == 0 and float(lines["avatard_barge_ins_total"]) == 0
     assert canceller["delay_ms"] is not None and ROOM_LATENCY_MS <= canceller["delay_ms"] <= 400
     assert canceller["erle_db"] >= 20
 

@@ -298,3 +298,13 @@ def test_metrics_match_status(server):
     for name in ("avatard_clients", "avatard_bytes_sent_total", "avatard_turns_total", "avatard_brain_reconnects_total",
                  "avatard_frames_dropped_total", "avatard_latency_input_to_audio_seconds_count"):
         assert name in values, name
+    # avatarctl metrics: the same exposition through the control socket (local mode serves no HTTP).
+    shown = server.ctl("metrics")
+    assert shown.returncode == 0, shown.stderr
+    over_socket = {line.split(" ")[0]: float(line.split(" ")[1]) for line in shown.stdout.splitlines()
+                   if line and not line.startswith("#")}
+    assert over_socket.keys() == values.keys()
+    assert over_socket["avatard_interrupts_total"] == 1
+    assert over_socket["avatard_frames_rendered_total"] >= values["avatard_frames_rendered_total"]
+    as_json = json.loads(server.ctl("--json", "metrics").stdout)
+    assert as_json["ok"] and as_json["content_type"].startswith("text/plain") and "avatard_interrupts_total" in as_json["text"]

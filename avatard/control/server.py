@@ -24,6 +24,7 @@ import socket as stdlib_socket
 import cv2
 import trio
 
+from ..core import metrics
 from ..core.hub import Hub
 from ..errors import ConfigError, ProtocolError, Refused
 from ..protocol import control as proto
@@ -80,8 +81,9 @@ async def _bind(path: str) -> trio.socket.SocketType:
     return sock
 
 
-async def serve_control(path: str, hub: Hub, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Listen at ``path`` until cancelled; the socket file is removed on the way out."""
+async def serve_control(path: str, hub: Hub, registry, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Listen at ``path`` until cancelled; the socket file is removed on the way out. ``registry`` is the
+    daemon's metrics registry (``avatarctl metrics``)."""
     sock = await _bind(path)
     listener = trio.SocketListener(sock)
     try:
@@ -103,7 +105,7 @@ async def serve_control(path: str, hub: Hub, *, task_status=trio.TASK_STATUS_IGN
                         continue
                     raise
                 failing = False
-                nursery.start_soon(_connection, stream, hub, connections)
+                nursery.start_soon(_connection, stream, hub, registry, connections)
     finally:
         with trio.CancelScope(shield=True):
             await listener.aclose()
@@ -118,7 +120,7 @@ async def _send(stream: trio.SocketStream, data: bytes) -> None:
         await stream.send_all(data)
 
 
-async def _connection(stream: trio.SocketStream, hub: Hub, connections: collections.deque) -> None:
+async def _connection(stream: trio.SocketStream, hub: Hub, registry, connections: collections.deque) -> None:
     splitter = proto.LineSplitter()
     scope = trio.CancelScope()
     connections.append(scope)
@@ -126,13 +128,13 @@ async def _connection(stream: trio.SocketStream, hub: Hub, connections: collecti
         connections.popleft().cancel()
     try:
         with scope:
-            await _serve(stream, hub, splitter)
+            await _serve(stream, hub, registry, splitter)
     finally:
         if scope in connections:
             connections.remove(scope)
 
 
-async def _serve(stream: trio.SocketStream, hub: Hub, splitter: proto.LineSplitter) -> None:
+async def _serve(stream: trio.SocketStream, hub: Hub, registry, splitter: proto.LineSplitter) -> None:
     try:
         async with stream:
             while True:
@@ -155,17 +157,19 @@ async def _serve(stream: trio.SocketStream, hub: Hub, splitter: proto.LineSplitt
                     if request.cmd == "subscribe":
                         await _subscribe(stream, hub, request.events)
                         return
-                    await _send(stream, await _execute(request, hub))
+                    await _send(stream, await _execute(request, hub, registry))
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
         pass  # the client went away or stopped reading; nothing to tell anyone
 
 
-async def _execute(request: proto.Request, hub: Hub) -> bytes:
+async def _execute(request: proto.Request, hub: Hub, registry) -> bytes:
     try:
         if request.cmd == "ping":
             return proto.ok(pong=True)
         if request.cmd == "status":
             return proto.ok(**hub.status())
+        if request.cmd == "metrics":
+            return proto.ok(text=metrics.render(registry).decode(), content_type=metrics.CONTENT_TYPE)
         if request.cmd == "interrupt":
             hub.interrupt("avatarctl")
             return proto.ok()

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "ask": ("text",),
     "subscribe": (),
     "snapshot": (),
+    "metrics": (),  # the /metrics exposition, in every mode (local mode serves no HTTP)
     "look": ("image",),  # base64 of an image file (JPEG, PNG), at most MAX_IMAGE_BYTES
     "camera": ("state",),  # on or off
 }
