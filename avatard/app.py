@@ -160,10 +160,15 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup(), tls
         from .server.websocket import WsServer
         server = WsServer(config, fanout, registry, encoders[config.webrtc_codec], tls)
     front_ends = (server,) if server is not None else ()
+    metrics_port = None
+    if config.metrics_port is not None:  # --metrics-port: /metrics on loopback (local mode has no server port)
+        from .server.metrics_port import MetricsPort
+        metrics_port = MetricsPort(config.metrics_port, registry)
     broadcaster = make_broadcast(config, encoders)  # with --janus
     broadcast = (broadcaster,) if broadcaster is not None else ()
     hub = Hub(renderer=renderer, brain=brain, events=events, latency=latency, fanout=fanout, inputs=inputs,
-              sinks=front_ends + tuple(encoders.values()) + local.sinks, front_ends=front_ends + broadcast,
+              sinks=front_ends + tuple(encoders.values()) + local.sinks,
+              front_ends=front_ends + broadcast + ((metrics_port,) if metrics_port is not None else ()),
               local_parts=local.all,
               audio_file=local.audio_file, vision=vision, camera_device=local.camera, greeting=config.greet)
     metrics.bind(registry, hub.status)
@@ -182,6 +187,8 @@ async def run(config: Config, window=None, setup: LocalSetup = LocalSetup(), tls
         logger.info("renderer: %s (%dx%d @ %d fps), brain: %s", renderer.name, renderer.width, renderer.height,
                     renderer.fps, brain.name)
         await nursery.start(serve_control, config.control_socket, hub, registry)
+        if metrics_port is not None:
+            await nursery.start(metrics_port.run)
         for encoder in encoders.values():
             await nursery.start(encoder.run, renderer.fps)
         if server is not None:

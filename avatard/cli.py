@@ -51,6 +51,8 @@ OPTIONS = [
     ("--host", ["AVATARD_HOST"], dict(default="0.0.0.0", show_default=True, help="Server host. Beyond loopback the "
                                       "server needs a token: one is generated unless --token, --token-file or --no-auth.")),
     ("--port", ["AVATARD_PORT"], dict(type=int, default=8765, show_default=True, help="Server port (HTTP page and WebSocket).")),
+    ("--metrics-port", ["AVATARD_METRICS_PORT"], dict(type=int, help="Also serve GET /metrics on 127.0.0.1:PORT (loopback only; "
+                                                 "for local mode, whose server port is not open).")),
     ("--local-display", ["AVATARD_LOCAL_DISPLAY"], dict(is_flag=True, help="Also show the local window in server mode.")),
     ("--input-device", ["AVATARD_INPUT_DEVICE"], dict(help="Local mode's microphone: name substring or index (see --list-devices) [default: the system's].")),
     ("--output-device", ["AVATARD_OUTPUT_DEVICE"], dict(help="Local mode's speaker: name substring or index (see --list-devices) [default: the system's].")),

@@ -177,6 +177,7 @@ class Config:
     server: bool = False
     host: str = "0.0.0.0"
     port: int = attrs.field(default=8765, validator=_in_range("--port", 0, 65535))
+    metrics_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(_in_range("--metrics-port", 0, 65535)))
     local_display: bool = False
     # Local mode's devices (see avatard.devices, avatard.microphone) and the recording.
     input_device: str | None = None

@@ -3,6 +3,7 @@
 import base64
 import json
 import time
+import urllib.error
 import urllib.request
 
 import cv2
@@ -308,3 +309,44 @@ def test_metrics_match_status(server):
     assert over_socket["avatard_frames_rendered_total"] >= values["avatard_frames_rendered_total"]
     as_json = json.loads(server.ctl("--json", "metrics").stdout)
     assert as_json["ok"] and as_json["content_type"].startswith("text/plain") and "avatard_interrupts_total" in as_json["text"]
+
+
+def test_metrics_port_serves_the_exposition_on_loopback_only(daemon_factory, tmp):
+    # --metrics-port is for local mode (no server port); any mode takes it, so it is tested on a server daemon
+    # beside the server port's own /metrics.
+    daemon = daemon_factory("--metrics-port", "0")
+    url = daemon.status()["metrics_url"]
+    host, port = url.split("/")[2].split(":")
+    assert host == "127.0.0.1" and url.endswith("/metrics")
+    with urllib.request.urlopen(url) as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        names = {line.split(" ")[0] for line in response.read().decode().splitlines() if line and not line.startswith("#")}
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics") as response:
+        assert names == {line.split(" ")[0] for line in response.read().decode().splitlines()
+                         if line and not line.startswith("#")}
+    for path, method, code in (("/", "GET", 404), ("/metrics", "POST", 405)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method))
+        assert refused.value.code == code
+    assert daemon.status()["metrics_scrapes"] == 1
+    listening = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+    ours = [fields[1] for fields in listening if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == int(port)]
+    assert ours == [f"0100007F:{int(port):04X}"], "bound to 127.0.0.1, not to every interface"
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp):
+    import socket
+    import subprocess
+    import sys
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "avatard", "--server", "--host", "127.0.0.1", "--port", "0",
+                             "--control-socket", str(tmp / "s.sock"), "--metrics-port", str(port)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp)
+    busy.close()
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " INFO " not in line]  # start-up's log lines come first
+    assert errors == [f"avatard: error: --metrics-port: cannot listen on 127.0.0.1:{port}: Address already in use"]
