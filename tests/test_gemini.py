@@ -235,9 +235,14 @@ async def test_operator_interrupt_discards_the_rest_of_the_answer(gemini_daemon,
             while True:
                 await client.receive()
         assert all(np.abs(samples(c)).max() == 0 for c in client.audio)
+        client.json.clear()
         await client.send_json({"type": "text_input", "data": {"text": "Next question"}})
         final = await client.json_of("transcription", role="assistant", is_final=True, text="You said: Next question", timeout=15)
         assert final
+        # The next turn made the server interrupt the answer it was still streaming; that answer was cut here
+        # already, so its `interrupted` is not a second interrupt (no status for it, not counted).
+        assert not [m for m in client.json if m.get("data", {}).get("status") == "interrupted"]
+    assert gemini_daemon.status()["interrupts"] == 1
 
 
 def test_go_away_resumes_with_the_handle(gemini_daemon, live):

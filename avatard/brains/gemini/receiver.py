@@ -107,8 +107,13 @@ class Receiver:
 
     async def _content(self, content) -> None:
         if content.interrupted:
-            logger.info("the model reports barge-in")
-            self._controls.interrupt(self._name)
+            if self._speech.discarding:
+                # The answer was already cut here (an operator, a client, the local microphone) and the model went
+                # on generating it until new input interrupted it: the same interrupt, not a second one.
+                logger.info("the model reports the interruption of an answer already cut here")
+            else:
+                logger.info("the model reports barge-in")
+                self._controls.interrupt(self._name)
         if content.input_transcription is not None and content.input_transcription.text:
             self._transcripts.heard(content.input_transcription.text)
         if content.model_turn is not None:
