@@ -17,6 +17,7 @@ from .config import (
     AEC_TUNINGS,
     BARGE_IN,
     BRAINS,
+    DEFAULT_AEC_TUNING,
     DEFAULT_GCP_LOCATION,
     DEFAULT_GEMINI_MODEL,
     DEFAULT_INSTRUCTIONS,
@@ -63,7 +64,7 @@ OPTIONS = [
                                    help="Cancel the avatar's echo in the microphone (WebRTC AEC3); auto = on in local mode "
                                         "when a speaker and a microphone are both in use.")),
     ("--aec-ns", ["AVATARD_AEC_NS"], dict(is_flag=True, help="Also suppress noise in the microphone (with --aec).")),
-    ("--aec-tuning", ["AVATARD_AEC_TUNING"], dict(type=click.Choice(AEC_TUNINGS), default="double-talk", show_default=True,
+    ("--aec-tuning", ["AVATARD_AEC_TUNING"], dict(type=click.Choice(AEC_TUNINGS), default=DEFAULT_AEC_TUNING, show_default=True,
                                                  help="AEC3's echo suppressor: double-talk keeps more of someone talking over "
                                                       "the avatar; webrtc is WebRTC's stock tuning.")),
     ("--record", ["AVATARD_RECORD"], dict(help="Also record the avatar (picture and voice) to this .mp4 file.")),

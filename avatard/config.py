@@ -44,6 +44,7 @@ TLS_SELF_SIGNED = "self-signed"
 TLS_MODES = (TLS_SELF_SIGNED,)
 AEC = ("auto", "on", "off")
 AEC_TUNINGS = ("double-talk", "webrtc")  # see avatard.local.echo_canceller.TUNINGS
+DEFAULT_AEC_TUNING = "double-talk"
 # --greet model: the arrival becomes a model turn (Gemini greets in its own words) instead of a fixed sentence.
 GREET_MODEL = "model"
 # --greet-after: a day. Longer is a typo; 0 greets every arrival.
@@ -185,7 +186,7 @@ class Config:
     barge_in: str = attrs.field(default="auto", validator=_one_of("--barge-in", BARGE_IN))
     aec: str = attrs.field(default="auto", validator=_one_of("--aec", AEC))
     aec_ns: bool = False
-    aec_tuning: str = attrs.field(default="double-talk", validator=_one_of("--aec-tuning", AEC_TUNINGS))
+    aec_tuning: str = attrs.field(default=DEFAULT_AEC_TUNING, validator=_one_of("--aec-tuning", AEC_TUNINGS))
     record: str | None = attrs.field(default=None, validator=_record_path)
     # Added by avatard.
     renderer: str = attrs.field(default="auto", validator=_one_of("--renderer", RENDERERS))

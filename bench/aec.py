@@ -55,11 +55,12 @@ from localenv import (  # noqa: E402
     say_for,
     simulated_room,
     talk_over,
+    through_canceller,
     voice_onset,
 )
 
 from avatard.brains import tts  # noqa: E402
-from avatard.local.echo_canceller import EchoCanceller, ReferenceTap  # noqa: E402
+from avatard.config import DEFAULT_AEC_TUNING  # noqa: E402
 from avatard.local.echo_meter import FRAME  # noqa: E402
 
 RATE = 16000
@@ -81,7 +82,7 @@ ECHO_DBFS = -50.0  # a window counts as echo when the microphone is louder than 
 # speech -- a 0.075 that measured the filter's removal of sub-100 Hz hum, not the double talk.
 HIGH_PASS_HZ = 100
 RECORDINGS = 5
-DEFAULT_TUNING, STOCK_TUNING = "double-talk", "webrtc"  # --aec-tuning: avatard's default, and AEC3's own
+STOCK_TUNING = "webrtc"  # --aec-tuning: AEC3's own, beside avatard's default
 
 
 def power(samples: np.ndarray) -> float:
@@ -119,23 +120,6 @@ def record_room(pulse: Pulse, workdir: Path) -> tuple[np.ndarray, np.ndarray, np
     ref, mic = (ref[skew:], mic) if skew > 0 else (ref, mic[-skew:])
     size = min(len(ref), len(mic)) // FRAME * FRAME
     return ref[:size], mic[:size], visitor, round((said_at - mic_chunks[0][0]) * RATE) + max(0, -skew)
-
-
-def cancel(reference: np.ndarray, microphone: np.ndarray, tuning: str = DEFAULT_TUNING) -> tuple[np.ndarray, float]:
-    """The microphone through avatard's canceller (its suppressor tuned as ``tuning``), 10 ms at a time as the devices
-    would give it; and its CPU seconds."""
-    tap = ReferenceTap(RATE)
-    canceller = EchoCanceller.open(tap, enabled=True, noise_suppression=False, tuning=tuning)
-    canceller.start()
-    out = []
-    cpu = 0.0
-    for start in range(0, len(microphone), FRAME):
-        t0 = time.thread_time()
-        tap.push(reference[start:start + FRAME])
-        cleaned, _ = canceller.process(microphone[start:start + FRAME])
-        cpu += time.thread_time() - t0
-        out.append(cleaned)
-    return np.concatenate(out), cpu
 
 
 def erle_windows(microphone, cleaned, start: int, end: int, size: int) -> list[tuple[int, float]]:
@@ -201,16 +185,16 @@ def canceller_on_the_room(pulse: Pulse, workdir: Path) -> dict:
     runs, stock, simulated = [], [], {0.0: [], -10.0: []}
     for _ in range(RECORDINGS):
         reference, microphone, visitor, said = record_room(pulse, workdir)
-        cleaned, cpu = cancel(reference, microphone)
+        cleaned, cpu, _ = through_canceller(reference, microphone, DEFAULT_AEC_TUNING)
         figures = canceller_figures(reference, microphone, cleaned, visitor, said, cpu)
-        stock.append(canceller_figures(reference, microphone, cancel(reference, microphone, STOCK_TUNING)[0], visitor,
+        stock.append(canceller_figures(reference, microphone, through_canceller(reference, microphone, STOCK_TUNING)[0], visitor,
                                        said, 0.0))
         print(f"ERLE per 250 ms window of echo alone: {figures['erle_windows']}; double talk {figures['correlation']:.2f} "
               f"(stock tuning: {stock[-1]['correlation']:.2f}, ERLE {stock[-1]['erle_db']:.1f} dB)")
         runs.append(figures)
         for echo_db, correlations in simulated.items():
             room = simulated_room(reference, visitor, figures["visitor_at"], echo_db)
-            correlations.append(canceller_figures(reference, room, cancel(reference, room)[0], visitor,
+            correlations.append(canceller_figures(reference, room, through_canceller(reference, room, DEFAULT_AEC_TUNING)[0], visitor,
                                                   figures["visitor_at"], 0.0)["correlation"])
     medians = {key: float(np.median([figures[key] for figures in runs]))
                for key in ("erle_db", "convergence_s", "apm_delay_ms", "correlation", "correlation_first",

@@ -302,21 +302,17 @@ def stats(values_ms: list[float]) -> str:
             f"max {max(values_ms):.1f} ms (n={len(values_ms)})")
 
 
-def speech_out(run: Run) -> list[float]:
-    """(a): model audio sent -> first speech chunk at each client."""
-    return _ms(v.speech_at - t.model_audio_at for t in run.turns if t.model_audio_at is not None for v in t.views)
+def speech_out(run: Run, lead_in: bool = False) -> list[float]:
+    """(a): model audio sent -> first speech chunk at each client; with ``lead_in``, to its first speech sample: the
+    chunk plus the silence leading it in (the renderer leads a start short of a frame in rather than wait for the
+    model's next chunk)."""
+    return _ms(v.speech_at + (v.lead_in if lead_in else 0.0) - t.model_audio_at for t in run.turns
+               if t.model_audio_at is not None for v in t.views)
 
 
 def to_tick(run: Run) -> list[float]:
     return _ms(v.speech_tick - (t.model_audio_at + run.wall_offset) for t in run.turns
                if t.model_audio_at is not None for v in t.views)
-
-
-def word_out(run: Run) -> list[float]:
-    """Model audio sent -> the first speech sample at each client: the first chunk plus the silence leading it in
-    (the renderer leads a start short of a frame in rather than wait for the model's next chunk)."""
-    return _ms(v.speech_at + v.lead_in - t.model_audio_at for t in run.turns if t.model_audio_at is not None
-               for v in t.views)
 
 
 # Zero samples at the end of a first speech chunk that count as a gap in the word (a word's own waveform crosses
@@ -496,7 +492,7 @@ def main() -> None:
 
     rows = [
         ["(a) model audio sent -> first speech chunk at client", stats(speech_out(gem)), "n/a (no model audio)"],
-        ["    ... -> its first speech sample (the chunk + silence leading it in)", stats(word_out(gem)), "-"],
+        ["    ... -> its first speech sample (the chunk + silence leading it in)", stats(speech_out(gem, lead_in=True)), "-"],
         [f"    first speech chunks ending in >= {GAP_SAMPLES} silent samples (a gap in the word)", gaps(gem), "-"],
         ["    of which: audio sent -> its renderer tick", stats(to_tick(gem)), "-"],
         ["      stage: audio sent -> in the daemon (TLS, SDK parse, bridge)", stats(to_daemon(gem)), "-"],
@@ -527,7 +523,7 @@ def main() -> None:
             ["    stage: first audio -> its frame may go (a whole frame, or the lead-in's wait)",
              stats(daemon_stage(paced, "audio_to_queued_ms"))],
             ["    silence leading the first speech chunk in", stats(lead_ins(paced))],
-            ["model audio sent -> first speech sample at client (chunk + lead-in)", stats(word_out(paced))],
+            ["model audio sent -> first speech sample at client (chunk + lead-in)", stats(speech_out(paced, lead_in=True))],
             [f"first speech chunks ending in >= {GAP_SAMPLES} silent samples (a gap in the word)", gaps(paced)],
         ])
     print("\n" + "; ".join(f"{r.brain}: rendered {r.status['frames_rendered']}, dropped {r.status['frames_dropped']}, "
@@ -571,7 +567,7 @@ def main() -> None:
     if paced is not None:
         figures.append(("latency: a model speaking in real time -> speech out",
                         f"first speech chunk {stats(speech_out(paced))}; its first speech sample (after the lead-in, "
-                        f"p50 {c.percentile(lead_ins(paced), 50):.1f} ms) {stats(word_out(paced))}",
+                        f"p50 {c.percentile(lead_ins(paced), 50):.1f} ms) {stats(speech_out(paced, lead_in=True))}",
                         "- (before the lead-in: chunk p50 44.5 / p95 46.8 ms, no lead-in)"))
     if speaker_ms:
         figures.append(("latency: interrupt -> local speaker silent",

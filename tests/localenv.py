@@ -414,6 +414,24 @@ def simulated_room(reference: np.ndarray, visitor: np.ndarray, at: int, echo_db:
     return echo.clip(-32768, 32767).astype(np.int16)
 
 
+def through_canceller(reference: np.ndarray, microphone: np.ndarray, tuning: str):
+    """The microphone through a fresh avatard canceller (AEC3 tuned as ``tuning``, no noise suppression), 10 ms at a
+    time with its reference alongside, as the devices would give them: (cleaned, its CPU seconds, the canceller)."""
+    from avatard.local.echo_canceller import EchoCanceller, ReferenceTap
+    from avatard.local.echo_meter import FRAME
+
+    tap = ReferenceTap(RATE)
+    canceller = EchoCanceller.open(tap, enabled=True, noise_suppression=False, tuning=tuning)
+    canceller.start()
+    out, cpu = [], 0.0
+    for start in range(0, len(microphone), FRAME):
+        t0 = time.thread_time()
+        tap.push(reference[start:start + FRAME])
+        out.append(canceller.process(microphone[start:start + FRAME])[0])
+        cpu += time.thread_time() - t0
+    return np.concatenate(out), cpu, canceller
+
+
 def say_for(say, seconds: float) -> None:
     """Queue enough of LONG_SENTENCE (~15 s each, at espeak's pace) for the avatar to talk ``seconds``;
     ``say(text)`` queues one and returns whether that worked."""

@@ -30,6 +30,7 @@ from localenv import (
     simulated_room,
     speech_seconds,
     talk_over,
+    through_canceller,
     voice_onset,
 )
 
@@ -295,15 +296,9 @@ def test_metrics_show_the_echo_canceller_and_barge_in():
 
 
 def cancelled(reference: np.ndarray, microphone: np.ndarray, tuning: str) -> np.ndarray:
-    """The microphone through a fresh canceller with ``tuning``, 10 ms at a time, its reference alongside."""
-    tap = ReferenceTap(16000)
-    canceller = EchoCanceller.open(tap, enabled=True, noise_suppression=False, tuning=tuning)
+    cleaned, _, canceller = through_canceller(reference, microphone, tuning)
     assert canceller.status()["tuning"] == tuning
-    out = []
-    for start in range(0, len(microphone), FRAME):
-        tap.push(reference[start:start + FRAME])
-        out.append(canceller.process(microphone[start:start + FRAME])[0])
-    return np.concatenate(out)
+    return cleaned
 
 
 def test_the_double_talk_tuning_keeps_more_of_a_visitor_and_removes_the_echo_as_well():

@@ -34,6 +34,7 @@ import threading
 
 import numpy as np
 
+from ..config import DEFAULT_AEC_TUNING
 from ..constants import RATE
 from ..core.audio import StreamResampler
 from ..errors import ConfigError
@@ -157,7 +158,7 @@ class EchoCanceller:
 
     @classmethod
     def open(cls, tap: ReferenceTap, *, enabled: bool, noise_suppression: bool,
-             tuning: str = "double-talk") -> EchoCanceller:
+             tuning: str = DEFAULT_AEC_TUNING) -> EchoCanceller:
         """AEC3 with its suppressor tuned as ``tuning`` (:data:`TUNINGS`), noise suppression only if asked; no gain
         control (the brain and the detectors want the level as the room gives it). All features off would make
         the APM output silence."""

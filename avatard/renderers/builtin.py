@@ -92,10 +92,12 @@ class BuiltinRenderer:
         self._starting = self._starting or (not self.speaking and self._speech.pending == 0)
         self._flushed = False
         queued = await self._speech.put(samples)
-        if queued and self._starting and self._speech.pending < self.samples_per_frame and self._clock is not None:
+        if not (queued and self._starting and self._clock is not None):
+            return queued
+        if self._speech.pending < self.samples_per_frame:
             self._lead_in()
-        if queued and self._starting and self._speech.pending >= self.samples_per_frame and self._clock is not None:
-            self._starting, self._lead_in_at = False, None
+        else:
+            self._started()
             self._latency.speech_queued()
             self._first_out = first_out = trio.Event()
             self._clock.rephase()
@@ -115,7 +117,7 @@ class BuiltinRenderer:
         dropped = self._speech.clear()
         self._animator.interrupt()
         self._flushed = True
-        self._starting, self._lead_in_at = False, None
+        self._started()
         self._release_producer()
         if self._clock is not None:
             self._clock.rephase()  # the silent, closed-mouth frame goes out now, not at the next tick
@@ -148,6 +150,10 @@ class BuiltinRenderer:
 
     # -- internals --------------------------------------------------------------------------------
 
+    def _started(self) -> None:
+        """The start is over (its first frame is due or out, or an interrupt cut it): no re-phase or lead-in pending."""
+        self._starting, self._lead_in_at = False, None
+
     def _lead_in(self) -> None:
         """Speech has begun but is short of a frame: Gemini's first 40 ms chunk gives 30 ms out of the resampler
         (the rest is its filter's look-ahead, out with the next chunk). From a burst the next chunk is there
@@ -177,7 +183,7 @@ class BuiltinRenderer:
         generation = self._speech.generation
         audio, real = self._take()
         if real:  # speech has started (on the grid if a tick came first)
-            self._starting, self._lead_in_at = False, None
+            self._started()
         self._speaking.frame(real, turn_over=self._flushed)
         self._hand_out(frames, FrameAudio(index=index, timestamp=timestamp, audio=audio, speaking=self.speaking,
                                           generation=generation))
