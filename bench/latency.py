@@ -9,9 +9,10 @@ daemon's. ``--clients`` WebSocket clients
 1. client 1 sends ``text_input``; every client waits for its first non-silent audio chunk;
 2. (a) **model audio -> speech out**: from the server's ``sent_at`` of the turn's first audio message
    (``time.perf_counter()`` once the frame is written to its TLS socket: CLOCK_MONOTONIC, the same clock in
-   every process of the machine) to each client receiving the first non-silent audio chunk. The receive time
-   is an upper bound for "leaving the WebSocket": it adds this process's own scheduling (and, in-process,
-   the server thread competing for the GIL). Split
+   every process of the machine) to the first non-silent audio chunk arriving at each client: the kernel's
+   receive stamp on the client's socket (bench/_stamped_ws.py), which leaves out this process's own
+   scheduling, as a browser on another machine would. When this process read it is printed beside it
+   (and, with ``--server-in-process``, the server thread competes with the clients for the GIL). Split
    with the chunk's header timestamp (the renderer tick it belongs to, wall clock) into *audio -> its tick*
    (the wait for the clock: ~0 since the clock re-phases when speech starts) and *tick -> client* (render,
    send);
@@ -53,7 +54,7 @@ import _common as c
 import _gemini as g
 import attrs
 import trio
-import trio_websocket
+from _stamped_ws import Closed, StampedWebSocket
 
 from avatard.constants import RATE
 from avatard.protocol import media as wire
@@ -79,7 +80,8 @@ REPLY_MS_PER_CHAR = 60  # the test server's talking speed: "You said: latency tu
 class View:
     """One client's view of one turn; perf_counter() times unless said otherwise."""
 
-    speech_at: float | None = None  # first non-silent audio chunk
+    speech_at: float | None = None  # first non-silent audio chunk (arrived: the kernel's stamp, see _stamped_ws)
+    speech_read_at: float | None = None  # the same, when this process had read it
     speech_tick: float | None = None  # its header timestamp (wall clock: the renderer tick)
     idle_tick: float | None = None  # the tick of the (silent) chunk before it: the idle grid's phase
     lead_in: float | None = None  # seconds of silence at the head of that first speech chunk
@@ -87,8 +89,10 @@ class View:
     interrupting: bool = False  # the bench has started an interrupt (set before it is sent)
     silent_at: float | None = None  # first silent chunk after that
     status_at: float | None = None  # `interrupted` status arrived
+    status_read_at: float | None = None
     status_stamp: float | None = None  # its data.timestamp (daemon wall clock at publish)
     after_status_at: float | None = None  # first audio chunk after the status
+    after_status_read_at: float | None = None
     after_status_silent: bool | None = None
     leaks: int = 0  # non-silent chunks after the status
     listening: bool = False  # `listening` status after the status
@@ -97,7 +101,7 @@ class View:
 
 @attrs.define
 class Client:
-    ws: trio_websocket.WebSocketConnection
+    ws: StampedWebSocket
     view: View | None = None
 
 
@@ -142,8 +146,7 @@ async def _reader(bench: Bench, client: Client) -> None:
     last_tick = None
     try:
         while True:
-            message = await client.ws.get_message()
-            now = time.perf_counter()
+            message, now, read = await client.ws.get_message()
             view = client.view
             if view is None:
                 continue
@@ -154,6 +157,7 @@ async def _reader(bench: Bench, client: Client) -> None:
                 tick, last_tick = last_tick, unpack(message)[4]
                 if not silent and view.speech_at is None:
                     view.speech_at, view.speech_tick, view.idle_tick = now, last_tick, tick
+                    view.speech_read_at = read
                     pcm = message[wire.AUDIO_HEADER.size:]
                     view.lead_in = (len(pcm) - len(pcm.lstrip(b"\0"))) // 2 / RATE
                     view.gap_at_end = (len(pcm) - len(pcm.rstrip(b"\0"))) // 2
@@ -163,6 +167,7 @@ async def _reader(bench: Bench, client: Client) -> None:
                 if view.status_at is not None:
                     if view.after_status_at is None:
                         view.after_status_at, view.after_status_silent = now, silent
+                        view.after_status_read_at = read
                         bench.poke()
                     if not silent:
                         view.leaks += 1
@@ -172,10 +177,11 @@ async def _reader(bench: Bench, client: Client) -> None:
                 view.latency = data
             if data.get("status") == "interrupted" and view.status_at is None:
                 view.status_at, view.status_stamp = now, data.get("timestamp")
+                view.status_read_at = read
             elif data.get("status") == "listening" and view.status_at is not None:
                 view.listening = True
             bench.poke()
-    except trio_websocket.ConnectionClosed as exc:
+    except Closed as exc:
         print(f"warning: a client's connection closed: {exc.reason}", file=sys.stderr)
 
 
@@ -233,7 +239,7 @@ async def _drive(daemon: c.Daemon, clients: int, turns: int, warmup: int) -> tup
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CONNECT_TIMEOUT):
             for _ in range(clients):
-                bench.clients.append(Client(await g.connect(nursery, port)))
+                bench.clients.append(Client(await StampedWebSocket.connect("127.0.0.1", port)))
         for client in bench.clients:
             nursery.start_soon(_reader, bench, client)
         await trio.sleep(1.0 + random.uniform(0, PHASE_JITTER_S))  # handshakes done, media flowing
@@ -302,12 +308,12 @@ def stats(values_ms: list[float]) -> str:
             f"max {max(values_ms):.1f} ms (n={len(values_ms)})")
 
 
-def speech_out(run: Run, lead_in: bool = False) -> list[float]:
+def speech_out(run: Run, lead_in: bool = False, read: bool = False) -> list[float]:
     """(a): model audio sent -> first speech chunk at each client; with ``lead_in``, to its first speech sample: the
     chunk plus the silence leading it in (the renderer leads a start short of a frame in rather than wait for the
-    model's next chunk)."""
-    return _ms(v.speech_at + (v.lead_in if lead_in else 0.0) - t.model_audio_at for t in run.turns
-               if t.model_audio_at is not None for v in t.views)
+    model's next chunk); with ``read``, to when this process had read the chunk rather than when it arrived."""
+    return _ms((v.speech_read_at if read else v.speech_at) + (v.lead_in if lead_in else 0.0) - t.model_audio_at
+               for t in run.turns if t.model_audio_at is not None for v in t.views)
 
 
 def to_tick(run: Run) -> list[float]:
@@ -378,10 +384,11 @@ def _origin(run: Run, turn: Turn, view: View) -> float:
     return turn.t0 if turn.t0 is not None else view.status_stamp - run.wall_offset
 
 
-def to_silence(run: Run, method: str | None = None) -> list[float]:
-    """(b): interrupt -> `interrupted` arrived and the next audio chunk arrived (silent), per client."""
-    return _ms(max(v.status_at, v.after_status_at) - _origin(run, t, v) for t in run.turns
-               if method in (None, t.method) for v in t.views)
+def to_silence(run: Run, method: str | None = None, read: bool = False) -> list[float]:
+    """(b): interrupt -> `interrupted` arrived and the next audio chunk arrived (silent), per client; with ``read``,
+    until this process had read both."""
+    return _ms((max(v.status_read_at, v.after_status_read_at) if read else max(v.status_at, v.after_status_at))
+               - _origin(run, t, v) for t in run.turns if method in (None, t.method) for v in t.views)
 
 
 def to_status(run: Run, method: str | None = None) -> list[float]:
@@ -492,6 +499,7 @@ def main() -> None:
 
     rows = [
         ["(a) model audio sent -> first speech chunk at client", stats(speech_out(gem)), "n/a (no model audio)"],
+        ["    ... read by the bench (arrival above: the kernel's receive stamp)", stats(speech_out(gem, read=True)), "-"],
         ["    ... -> its first speech sample (the chunk + silence leading it in)", stats(speech_out(gem, lead_in=True)), "-"],
         [f"    first speech chunks ending in >= {GAP_SAMPLES} silent samples (a gap in the word)", gaps(gem), "-"],
         ["    of which: audio sent -> its renderer tick", stats(to_tick(gem)), "-"],
@@ -506,6 +514,7 @@ def main() -> None:
         ["daemon: input_to_audio histogram", *both(histogram, "input_to_audio")],
         ["(b) interrupt -> interrupted + silent chunk, all", *both(lambda r: stats(to_silence(r)))],
         *[[f"    via {m}", *both(lambda r, m=m: stats(to_silence(r, m)))] for m in METHODS],
+        ["    ... read by the bench", *both(lambda r: stats(to_silence(r, read=True)))],
         ["    interrupt -> `interrupted` status only", *both(lambda r: stats(to_status(r)))],
         ["    interrupt -> first silent chunk (any order)", *both(lambda r: stats(to_first_silent(r)))],
         ["daemon: interrupt_to_silence histogram", *both(histogram, "interrupt_to_silence")],
@@ -544,7 +553,8 @@ def main() -> None:
     a_leaks = leaks(gem)
     figures = [
         ("latency: model audio -> speech out (a)",
-         f"{stats(speech_out(gem))}; of which wait for the tick p50 {c.percentile(to_tick(gem), 50):.0f} / "
+         f"{stats(speech_out(gem))} at the client's socket (read by the bench: p95 "
+         f"{c.percentile(speech_out(gem, read=True), 95):.1f} ms); of which wait for the tick p50 {c.percentile(to_tick(gem), 50):.0f} / "
          f"p95 {c.percentile(to_tick(gem), 95):.0f} ms, tick -> client p50 {c.percentile(tick_to_client(gem), 50):.0f} / "
          f"p95 {c.percentile(tick_to_client(gem), 95):.0f} ms; stages p50/p95: into the daemon "
          f"{c.percentile(to_daemon(gem), 50):.1f}/{c.percentile(to_daemon(gem), 95):.1f}, whole frame queued "
@@ -558,7 +568,8 @@ def main() -> None:
          + (f"; offline brain (espeak) {stats(end_to_end(local))}" if local else ""),
          f"offline p95 <= {OFFLINE_TEXT_GOAL_MS:g} ms"),
         ("latency: interrupt -> silence on every client (b)",
-         f"{stats(to_silence(gem))} [ws {c.percentile(to_silence(gem, 'ws'), 95):.0f} / control "
+         f"{stats(to_silence(gem))} (read by the bench: p95 {c.percentile(to_silence(gem, read=True), 95):.1f} ms) "
+         f"[ws {c.percentile(to_silence(gem, 'ws'), 95):.0f} / control "
          f"{c.percentile(to_silence(gem, 'control'), 95):.0f} / avatarctl {c.percentile(to_silence(gem, 'avatarctl'), 95):.0f}"
          f" ms p95]; speech after `interrupted`: {a_leaks[0]} chunks; daemon histogram interrupt_to_silence "
          f"{histogram(gem, 'interrupt_to_silence')}"

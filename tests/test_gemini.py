@@ -141,6 +141,8 @@ def test_text_turn_speaks_with_transcripts_and_latency(gemini_daemon, backend, l
     setup = json.dumps(live.setups[0])
     assert "inputAudioTranscription" in setup and "Puck" in setup
     assert live.sessions[0].vertex == backend.vertex
+    # The Live socket offers no permessage-deflate (avatard/brains/gemini/client.py: zlib on the reply's path).
+    assert "sec-websocket-extensions" not in live.sessions[0].headers
     model = live.setups[0]["model"]
     assert model == (f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}/publishers/google/models/{backend.model}"
                      if backend.vertex else f"models/{backend.model}")
