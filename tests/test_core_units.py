@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from avatard.core.audio import SpeechResampler
 from avatard.core.fanout import FanOut
 from avatard.core.frame_clock import MAX_LAG_FRAMES, FrameClock
 from avatard.core.messages import Frame, FrameAudio
@@ -528,3 +529,47 @@ def test_a_peer_that_went_away_ends_only_its_connection():
     assert peer_went_away(BaseExceptionGroup("reader", [pong_while_closing, trio.ClosedResourceError()]))
     assert not peer_went_away(BaseExceptionGroup("reader", [pong_while_closing, ValueError("a bug")]))
     assert not peer_went_away(KeyError("a bug"))
+
+
+# -- the model's speech resampler (core/audio.SpeechResampler) ---------------------------------------------------------
+
+
+def _tone(hz: float, seconds: float, rate: int = 24000) -> np.ndarray:
+    return (np.sin(2 * np.pi * hz * np.arange(round(rate * seconds)) / rate) * 16000).astype(np.int16)
+
+
+def _level_db(samples: np.ndarray, hz: float, amplitude: float = 16000, rate: int = 16000) -> float:
+    """Level of the ``hz`` component of ``samples`` relative to a sine of ``amplitude``."""
+    t = np.arange(len(samples)) / rate
+    x = samples.astype(np.float64)
+    magnitude = np.hypot(x @ np.cos(2 * np.pi * hz * t), x @ np.sin(2 * np.pi * hz * t)) * 2 / len(x)
+    return 20 * np.log10(magnitude / amplitude + 1e-12)
+
+
+def _through(resampler, samples: np.ndarray, chunk: int = 960) -> list[np.ndarray]:
+    return [resampler.process(samples[i:i + chunk]) for i in range(0, len(samples), chunk)]
+
+
+@pytest.mark.parametrize("hz", [300, 1000, 4000, 7000])
+def test_speech_resampler_keeps_the_voice_band(hz):
+    out = np.concatenate(_through(SpeechResampler(24000), _tone(hz, 1.0)))
+    assert abs(_level_db(out[2000:14000], hz)) < 0.5
+
+
+@pytest.mark.parametrize("hz", [9000, 10000, 11000])
+def test_speech_resampler_rejects_what_would_alias_into_it(hz):
+    out = np.concatenate(_through(SpeechResampler(24000), _tone(hz, 1.0)))
+    assert _level_db(out[2000:14000], 16000 - hz) < -90, "above 8 kHz folds back into the voice band"
+
+
+def test_speech_resampler_gives_each_chunk_as_it_comes_and_the_look_ahead_at_the_end():
+    resampler = SpeechResampler(24000)
+    speech = _tone(440, 0.48)  # twelve of Gemini's 40 ms chunks
+    sizes = [len(out) for out in _through(resampler, speech)]
+    assert sizes[0] >= 590 and sizes[1:] == [640] * 11, "evenly: each chunk's worth as it comes, bar the look-ahead"
+    tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
+    assert sizes[0] + sum(sizes[1:]) + len(tail) >= len(speech) * 2 // 3, "nothing of the speech held back at the end"
+    assert np.abs(tail[:640 - sizes[0]]).max() > 8000, "the look-ahead is the speech's last samples"
+    assert [len(out) for out in _through(resampler, speech[:1920])] == sizes[:2], "then it starts over"
+    resampler.reset()
+    assert not resampler.process(np.zeros(960, dtype=np.int16)).any(), "a reset forgets what was held back"

@@ -166,7 +166,20 @@ async def test_every_field_of_one_message_is_handled():
         usage_metadata={"prompt_token_count": 3, "response_token_count": 11},
         session_resumption_update={"new_handle": "h2", "resumable": True}))
     assert not receiver.turn_open and receiver.handle == "h2"
+    assert renderer.pushed >= 2 * 960 * 2 // 3, "the whole answer played: the resampler's look-ahead came at its end"
     assert (receiver.prompt_tokens, receiver.response_tokens) == (10, 11)
+
+
+async def test_a_cut_answer_plays_neither_its_rest_nor_its_look_ahead():
+    receiver, renderer, _, _, _ = make_receiver()
+    await receiver.handle_message(message(server_content={"model_turn": {"parts": [AUDIO_PART]}}))
+    played = renderer.pushed
+    receiver.interrupt()  # an operator or a browser cut the answer here
+    await receiver.handle_message(message(server_content={"model_turn": {"parts": [AUDIO_PART]}}))
+    await receiver.handle_message(message(server_content={"generation_complete": True, "turn_complete": True}))
+    assert renderer.pushed == played
+    await receiver.handle_message(message(server_content={"model_turn": {"parts": [AUDIO_PART]}}))
+    assert renderer.pushed > played, "the next answer plays"
 
 
 async def test_a_cancelled_call_is_not_answered_and_blocking_generations_get_no_scheduling():

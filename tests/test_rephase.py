@@ -190,7 +190,7 @@ async def test_a_start_short_of_a_frame_goes_out_led_in_once_its_wait_is_over(au
     frames = []
     speech = (np.sin(np.arange(RATE) / 5) * 8000).astype(np.int16)
     spf = RATE // FPS
-    short = 490  # Gemini's first 40 ms at 24 kHz, out of the resampler
+    short = 594  # Gemini's first 40 ms at 24 kHz, out of the resampler (core/audio.SpeechResampler)
     async with trio.open_nursery() as nursery:
         await nursery.start(avatar.run, send)
         nursery.start_soon(collect, receive, frames)

@@ -18,7 +18,7 @@ What is encoded, and how:
   (``Frame.timestamp``) in 1/90000 s, the RTP video clock, so a re-phased frame keeps its real spacing.
   A keyframe comes every :data:`KEYFRAME_INTERVAL` seconds and on :meth:`MediaEncoder.request_keyframe`
   (a viewer's PLI, a subscriber that lost a packet), at most one per :data:`KEYFRAME_MIN_GAP`.
-* audio: 16 kHz -> 48 kHz with soxr (``core.audio.StreamResampler``, as every other resampling in avatard),
+* audio: 16 kHz -> 48 kHz with soxr (``core.audio.StreamResampler``, as every stream but the model's speech),
   then libopus, mono, in 20 ms frames: one renderer frame (40 ms at 25 fps) becomes two packets. Chromium
   conceals about half of a 40 ms Opus frame handed over as one (found while checking issue 13), and 20 ms is
   what browsers send themselves. ``pts`` counts samples at 48 kHz.

@@ -86,7 +86,7 @@ class BuiltinRenderer:
         Speech that starts while the avatar is idle re-phases the clock: its first frame goes out as soon
         as a whole frame of it is queued, instead of at the next tick of an arbitrary grid. (A frame made
         from a first chunk shorter than a frame -- Gemini's first 40 ms at 24 kHz come out of the resampler
-        as 30 -- would be padded with silence in the middle of the first word.) A start still short of a frame
+        as 37.1 -- would be padded with silence in the middle of the first word.) A start still short of a frame
         waits for the rest at most as long as the silence that would lead it in instead (:meth:`_lead_in`).
         """
         self._starting = self._starting or (not self.speaking and self._speech.pending == 0)
@@ -155,8 +155,8 @@ class BuiltinRenderer:
         self._starting, self._lead_in_at = False, None
 
     def _lead_in(self) -> None:
-        """Speech has begun but is short of a frame: Gemini's first 40 ms chunk gives 30 ms out of the resampler
-        (the rest is its filter's look-ahead, out with the next chunk). From a burst the next chunk is there
+        """Speech has begun but is short of a frame: Gemini's first 40 ms chunk gives 37.1 ms out of the resampler
+        (the rest is its filter's 2.9 ms look-ahead, out with the next chunk). From a burst the next chunk is there
         within a few ms; from a model speaking in real time, 40 ms later. Wait for it at most as long as the
         silence that would otherwise lead the word in (ski rental: never worse than twice the better choice
         made in hindsight), then send the first frame with that lead-in at its head."""

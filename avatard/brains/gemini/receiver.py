@@ -125,8 +125,8 @@ class Receiver:
         if content.output_transcription is not None and content.output_transcription.text:
             self.turn_open = True
             self._transcripts.said(content.output_transcription.text, discarding=self._speech.discarding)
-        if content.generation_complete:
-            self._speech.flush()
+        if content.generation_complete or content.turn_complete:  # (a second flush finds nothing held back)
+            await self._speech.flush()
         if content.turn_complete:
             self.end_turn(cut=False)
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from ...constants import RATE
-from ...core.audio import StreamResampler
+from ...core.audio import SpeechResampler
 from ...core.latency import LatencyMeter
 
 MODEL_RATE = 24000  # the Live API's output audio when the mime type names no rate
@@ -18,7 +18,7 @@ class ModelSpeech:
     def __init__(self, renderer, latency: LatencyMeter) -> None:
         self._renderer = renderer
         self._latency = latency
-        self._resampler = StreamResampler(MODEL_RATE, RATE)
+        self._resampler = SpeechResampler(MODEL_RATE, RATE)
         self.discarding = False  # an interrupt cut this answer: drop the rest of its audio
 
     @staticmethod
@@ -31,7 +31,7 @@ class ModelSpeech:
         match = re.search(r"rate=(\d+)", blob.mime_type)
         rate = int(match.group(1)) if match else MODEL_RATE
         if rate != self._resampler.in_rate:
-            self._resampler = StreamResampler(rate, RATE)
+            self._resampler = SpeechResampler(rate, RATE)
         self._latency.model_audio()
         samples = self._resampler.process(np.frombuffer(blob.data, dtype="<i2"))
         if not await self._renderer.push_audio(samples):
@@ -42,8 +42,13 @@ class ModelSpeech:
         self.discarding = self.discarding or discard
         self._resampler.reset()
 
-    def flush(self) -> None:
-        """The model has generated the whole answer: let the renderer play out what it holds."""
+    async def flush(self) -> None:
+        """The model has generated the whole answer: the resampler's look-ahead (the answer's last 2.9 ms) goes
+        after the rest, and the renderer plays out what it holds."""
+        if not self.discarding:
+            tail = self._resampler.process(np.zeros(0, dtype=np.int16), last=True)
+            if len(tail) and not await self._renderer.push_audio(tail):
+                self.discarding = True
         self._renderer.flush()
 
     def end_turn(self) -> None:
