@@ -570,6 +570,7 @@ def test_speech_resampler_gives_each_chunk_as_it_comes_and_the_look_ahead_at_the
     tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
     assert sizes[0] + sum(sizes[1:]) + len(tail) >= len(speech) * 2 // 3, "nothing of the speech held back at the end"
     assert np.abs(tail[:640 - sizes[0]]).max() > 8000, "the look-ahead is the speech's last samples"
+    assert len(resampler.process(np.zeros(0, dtype=np.int16), last=True)) == 0, "a second end gives nothing"
     assert [len(out) for out in _through(resampler, speech[:1920])] == sizes[:2], "then it starts over"
     resampler.reset()
     assert not resampler.process(np.zeros(960, dtype=np.int16)).any(), "a reset forgets what was held back"

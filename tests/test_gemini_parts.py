@@ -170,6 +170,13 @@ async def test_every_field_of_one_message_is_handled():
     assert (receiver.prompt_tokens, receiver.response_tokens) == (10, 11)
 
 
+async def test_a_turn_without_audio_pushes_nothing_at_its_end():
+    receiver, renderer, _, _, _ = make_receiver()
+    await receiver.handle_message(message(server_content={"output_transcription": {"text": "Hm"}}))
+    await receiver.handle_message(message(server_content={"generation_complete": True, "turn_complete": True}))
+    assert renderer.pushed == 0 and renderer.flushes >= 1, "no flush silence for the avatar to speak"
+
+
 async def test_a_cut_answer_plays_neither_its_rest_nor_its_look_ahead():
     receiver, renderer, _, _, _ = make_receiver()
     await receiver.handle_message(message(server_content={"model_turn": {"parts": [AUDIO_PART]}}))

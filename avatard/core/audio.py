@@ -73,10 +73,15 @@ class SpeechResampler:
         self.out_rate = out_rate
         self._ratio = out_rate / in_rate
         self._stream = samplerate.Resampler(self.CONVERTER, channels=1)
+        self._holding = False  # samples went in since the last reset: the look-ahead holds some of them
 
     def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
-        """Resample the next chunk; ``last`` also gives out the look-ahead held back (the stream then starts over)."""
+        """Resample the next chunk; ``last`` also gives out the look-ahead held back (the stream then starts over).
+        A ``last`` with nothing held back and nothing new gives nothing (not the flush's silence)."""
+        self._holding = self._holding or len(samples) > 0
         if last:
+            if not self._holding:
+                return np.zeros(0, dtype=np.int16)
             samples = np.concatenate([samples, np.zeros(round(self.in_rate * self.FLUSH_SECONDS), dtype=np.int16)])
         out = self._stream.process(samples.astype(np.float32) / 32768.0, self._ratio, end_of_input=last)
         if last:
@@ -86,6 +91,7 @@ class SpeechResampler:
     def reset(self) -> None:
         """Forget buffered input (after an interrupt the tail of the old stream must not leak out)."""
         self._stream.reset()
+        self._holding = False
 
 
 def resample(samples: np.ndarray, in_rate: int, out_rate: int = RATE) -> np.ndarray:
