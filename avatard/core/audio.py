@@ -4,7 +4,8 @@ Resampling uses soxr (a real band-limited resampler). Streams that arrive in chu
 :class:`StreamResampler` so filter state carries across chunk edges and there are no clicks. The model's
 speech, played the moment it arrives, has :class:`SpeechResampler` (libsamplerate) instead: why, in its
 docstring. The other streams go into buffers (a sound card's ring, the encoder's 20 ms frames, the
-model's input), where soxr's uneven output costs nothing audible.
+model's input), where soxr's uneven output costs nothing audible, and soxr costs 10-30 times less CPU
+(16 -> 48 kHz: 0.06 % of a core against libsamplerate's 0.87 %; 24 -> 16 kHz: 0.02 against 0.33).
 """
 
 from __future__ import annotations
