@@ -186,3 +186,19 @@ async def test_h264_is_an_option(nursery, codec):
     assert packets[0].keyframe and packets[0].codec == "h264"
     decoder = av.CodecContext.create("h264", "r")
     assert len([f for p in packets for f in decoder.decode(p.to_av_packet())]) >= 1
+
+
+async def test_audio_goes_out_as_it_comes_two_packets_a_frame(nursery):
+    # A renderer frame (40 ms) is two 20 ms Opus packets. The resampler gives each frame's worth as it comes;
+    # soxr's bursts gave 1, 2, 1, 3, ... packets a frame, every fourth frame's sound up to 20 ms late.
+    rig = Rig(nursery)
+    await rig.start(nursery)
+    with rig.encoder.subscribe("a", AUDIO, buffer=64) as audio:
+        await rig.push()
+        await take(audio, 1)  # the first frame, less the resampler's look-ahead
+        for _ in range(12):
+            await rig.push()
+            with trio.fail_after(2):
+                await take(audio, 2)
+        await trio.sleep(0.2)
+        assert audio.delivered == 25, "and no more than two"

@@ -1,11 +1,12 @@
 """Audio helpers shared by every source and sink: format conversion, resampling, level.
 
 Resampling uses soxr (a real band-limited resampler). Streams that arrive in chunks keep one
-:class:`StreamResampler` so filter state carries across chunk edges and there are no clicks. The model's
-speech, played the moment it arrives, has :class:`SpeechResampler` (libsamplerate) instead: why, in its
-docstring. The other streams go into buffers (a sound card's ring, the encoder's 20 ms frames, the
-model's input), where soxr's uneven output costs nothing audible, and soxr costs 10-30 times less CPU
-(16 -> 48 kHz: 0.06 % of a core against libsamplerate's 0.87 %; 24 -> 16 kHz: 0.02 against 0.33).
+:class:`StreamResampler` so filter state carries across chunk edges and there are no clicks. Speech that
+plays the moment it arrives (the model's answer, the avatar's voice to WebRTC viewers) has
+:class:`SpeechResampler` (libsamplerate) instead: why, in its docstring. The other streams go into buffers
+(a sound card's ring, the model's input), where soxr's uneven output costs nothing audible, and soxr costs
+10-30 times less CPU (16 -> 48 kHz: 0.06 % of a core against libsamplerate's 0.87 %; 24 -> 16 kHz: 0.02
+against 0.33).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class StreamResampler:
 
 
 class SpeechResampler:
-    """Stateful int16 mono resampler for speech that plays as it arrives (the model's answer, chunk by chunk).
+    """Stateful int16 mono resampler for speech that plays as it arrives (the model's answer, chunk by chunk;
+    the avatar's voice on its way to WebRTC viewers, frame by frame).
 
     soxr's streaming output comes in bursts: four 40 ms chunks at 24 kHz give 490, 489, 489 and then 979
     samples at 16 kHz instead of 640 each, so its output lags the input by 9.4 to 28 ms in turn. Played

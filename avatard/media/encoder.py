@@ -18,8 +18,10 @@ What is encoded, and how:
   (``Frame.timestamp``) in 1/90000 s, the RTP video clock, so a re-phased frame keeps its real spacing.
   A keyframe comes every :data:`KEYFRAME_INTERVAL` seconds and on :meth:`MediaEncoder.request_keyframe`
   (a viewer's PLI, a subscriber that lost a packet), at most one per :data:`KEYFRAME_MIN_GAP`.
-* audio: 16 kHz -> 48 kHz with soxr (``core.audio.StreamResampler``, as every stream but the model's speech),
-  then libopus, mono, in 20 ms frames: one renderer frame (40 ms at 25 fps) becomes two packets. Chromium
+* audio: 16 kHz -> 48 kHz with libsamplerate (``core.audio.SpeechResampler``), whose output follows its input
+  evenly: every 40 ms frame is two 20 ms packets as it comes (soxr's bursts gave 1, 2, 1, 3, ... packets,
+  every fourth frame's sound up to 20 ms late, which a browser's jitter buffer then waits for). Then
+  libopus, mono, in 20 ms frames: one renderer frame (40 ms at 25 fps) becomes two packets. Chromium
   conceals about half of a 40 ms Opus frame handed over as one (found while checking issue 13), and 20 ms is
   what browsers send themselves. ``pts`` counts samples at 48 kHz.
 
@@ -65,7 +67,7 @@ import trio
 from av.video.frame import PictureType
 
 from ..constants import RATE, VIDEO_CODECS
-from ..core.audio import StreamResampler
+from ..core.audio import SpeechResampler
 from ..core.fanout import SinkFrames
 from ..errors import ConfigError
 
@@ -281,7 +283,7 @@ class _OpusCodec:
         self._context.format = "s16"
         self._context.bit_rate = self._bitrate
         self._context.options = {"application": "voip", "frame_duration": "20"}
-        self._resampler = StreamResampler(RATE, OPUS_RATE)
+        self._resampler = SpeechResampler(RATE, OPUS_RATE)
         self._pending = np.zeros(0, dtype=np.int16)
 
     def encode(self, samples: np.ndarray, restart: bool) -> list[bytes]:
