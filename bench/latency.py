@@ -251,7 +251,12 @@ async def _drive(daemon: c.Daemon, clients: int, turns: int, warmup: int) -> tup
         before = await trio.to_thread.run_sync(g.scrape_metrics, port)
         done = []
         for i in range(turns):
-            done.append(await _turn(i, daemon, bench))
+            try:
+                done.append(await _turn(i, daemon, bench))
+            except TimeoutError as exc:  # say what the daemon knew: its brain's state and the end of its log
+                status = await trio.to_thread.run_sync(daemon.status)
+                raise RuntimeError(f"{exc}; brain {status['brain_state']}, {status['reconnects']} reconnects, "
+                                   f"speaking {status['speaking']}; the daemon's log ends:\n{daemon.log()[-1500:]}") from None
             if (i + 1) % 10 == 0:
                 print(f"    {i + 1}/{turns} turns", flush=True)
         after = await trio.to_thread.run_sync(g.scrape_metrics, port)
