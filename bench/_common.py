@@ -37,6 +37,9 @@ TABLE_RULE = "|---|---|---|---|---|---|"
 READY_TIMEOUT = 20.0  # a cold start on a loaded box takes ~2 s; ten times that means it is broken
 STOP_TIMEOUT = 5.0  # the daemon promises to exit within 2 s of SIGTERM; more than that is a failure to report
 CONTROL_TIMEOUT = 10.0
+# What a benchmark's WebSocket client asks of each read: a browser reads in large chunks (trio-websocket's 4 KiB
+# default costs the bench CPU it then competes with the daemon for).
+BROWSER_READ_BYTES = 64 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Keys that would switch the daemon to a networked brain or renderer, or override its flags.
 FOREIGN_ENV_PREFIXES = ("GOOGLE_", "GEMINI_", "BITHUMAN_", "AVATARD_")

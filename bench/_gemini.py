@@ -29,7 +29,6 @@ __all__ = ["GeminiLiveTestServer", "ServerProcess", "start_gemini_daemon", "star
 
 BRAIN_TIMEOUT = 20.0  # the first Live session (TLS + setup) takes ~1 s; far longer means it is broken
 METRICS_TIMEOUT = 10.0
-RECEIVE_BYTES = 64 * 1024  # a browser reads in large chunks; trio-websocket's 4 KiB default costs CPU
 AUDIO_HEADER = 18  # bytes before the PCM of an audio chunk (docs/protocol.md)
 
 
@@ -126,7 +125,7 @@ def start_local_daemon(max_clients: int) -> c.Daemon:
 
 async def connect(nursery: trio.Nursery, port: int) -> trio_websocket.WebSocketConnection:
     return await trio_websocket.connect_websocket(nursery, "127.0.0.1", port, "/ws", use_ssl=False,
-                                                  receive_buffer_size=RECEIVE_BYTES)
+                                                  receive_buffer_size=c.BROWSER_READ_BYTES)
 
 
 def is_silent(audio_message: bytes) -> bool:

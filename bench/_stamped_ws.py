@@ -25,6 +25,7 @@ import socket
 import struct
 import time
 
+import _common as c
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -42,7 +43,6 @@ from wsproto.events import (
 # number (SCM_TIMESTAMPNS); Python's socket module names neither.
 SO_TIMESTAMPNS = 35
 TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux: tv_sec, tv_nsec
-RECEIVE_BYTES = 64 * 1024  # a browser reads in large chunks
 
 
 class Closed(Exception):
@@ -62,7 +62,6 @@ class StampedWebSocket:
         self._send_lock = trio.Lock()  # the reader answers pings while the bench sends its own messages
         self._ready: collections.deque[tuple[str | bytes, float, float]] = collections.deque()
         self._partial: list[str | bytes] = []
-        self._last_arrived = self._last_read = 0.0  # the latest read's two times (see the module docstring)
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str = "/ws") -> StampedWebSocket:
@@ -72,7 +71,8 @@ class StampedWebSocket:
         client = cls(trio.SocketStream(sock), WSConnection(ConnectionType.CLIENT))
         await client._send(Request(host=f"{host}:{port}", target=path))
         while True:
-            for event in await client._receive_events():
+            events, _, _ = await client._receive_events()
+            for event in events:
                 if isinstance(event, AcceptConnection):
                     return client
                 if isinstance(event, RejectConnection):
@@ -83,33 +83,35 @@ class StampedWebSocket:
 
     async def get_message(self) -> tuple[str | bytes, float, float]:
         while not self._ready:
-            for event in await self._receive_events():
-                await self._handle(event)
+            events, arrived, read = await self._receive_events()
+            for event in events:
+                await self._handle(event, arrived, read)
         return self._ready.popleft()
 
     async def _send(self, event) -> None:
         async with self._send_lock:
             await self._stream.send_all(self._protocol.send(event))
 
-    async def _receive_events(self) -> list:
+    async def _receive_events(self) -> tuple[list, float | None, float]:
+        """One read: the events it completed, the kernel's stamp of its last segment and when it returned (perf)."""
         data, ancillary, _flags, _address = await self._stream.socket.recvmsg(
-            RECEIVE_BYTES, socket.CMSG_SPACE(TIMESPEC.size))
-        self._last_read = time.perf_counter()
-        wall_offset = time.time() - self._last_read
-        self._last_arrived = None
+            c.BROWSER_READ_BYTES, socket.CMSG_SPACE(TIMESPEC.size))
+        read = time.perf_counter()
+        wall_offset = time.time() - read
+        arrived = None
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                 seconds, nanoseconds = TIMESPEC.unpack_from(payload)
-                self._last_arrived = seconds + nanoseconds * 1e-9 - wall_offset
-        if data and self._last_arrived is None:
+                arrived = seconds + nanoseconds * 1e-9 - wall_offset
+        if data and arrived is None:
             raise RuntimeError("the kernel gave no receive timestamp (SO_TIMESTAMPNS)")
         self._protocol.receive_data(data or None)
         events = list(self._protocol.events())
         if not data and not events:
             raise Closed("connection closed without a close frame")
-        return events
+        return events, arrived, read
 
-    async def _handle(self, event) -> None:
+    async def _handle(self, event, arrived: float | None, read: float) -> None:
         if isinstance(event, Ping):
             await self._send(event.response())
         elif isinstance(event, CloseConnection):
@@ -118,5 +120,5 @@ class StampedWebSocket:
             self._partial.append(event.data)
             if event.message_finished:
                 joiner = b"" if isinstance(event, BytesMessage) else ""
-                self._ready.append((joiner.join(self._partial), self._last_arrived, self._last_read))
+                self._ready.append((joiner.join(self._partial), arrived, read))
                 self._partial = []

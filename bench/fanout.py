@@ -45,7 +45,6 @@ GRACE_S = 2.0  # after the window: frames stamped inside it may still be on thei
 CONNECT_TIMEOUT = 20.0
 STATUS_POLL_S = 1.0
 DRAIN_TIMEOUT = 5.0  # the stalled client, reading again, must see the end of its connection within this
-HEALTHY_RECEIVE_BYTES = 64 * 1024  # a browser reads in large chunks; trio-websocket's 4 KiB default costs CPU
 DEFAULT_STALLED_RCVBUF = 64 * 1024
 
 
@@ -107,7 +106,7 @@ async def _healthy_reader(client: Healthy, window: Window, delays: list[float]) 
 
 async def _connect_healthy(nursery: trio.Nursery, port: int, client: Healthy) -> None:
     client.ws = await trio_websocket.connect_websocket(nursery, "127.0.0.1", port, "/ws", use_ssl=False,
-                                                       receive_buffer_size=HEALTHY_RECEIVE_BYTES)
+                                                       receive_buffer_size=c.BROWSER_READ_BYTES)
 
 
 async def _connect_stalled(nursery: trio.Nursery, port: int, rcvbuf: int, stall: Stalled) -> None:

@@ -38,7 +38,6 @@ FRAME_GAP_GOAL = 0.2  # s: 5 frames at 25 fps
 DELIVERED_GOAL_PERCENT = 99.0
 SETTLE_S = 1.5
 IDLE_S = 3.0  # the daemon's CPU rate without the load, subtracted from the per-connection figure
-RECEIVE_BYTES = 64 * 1024  # a browser reads in large chunks
 
 
 def make_pair(directory: Path) -> tuple[str, str]:
@@ -64,7 +63,7 @@ class Viewer:
 
     async def run(self, nursery, port: int, context: ssl.SSLContext | None) -> None:
         ws = await trio_websocket.connect_websocket(nursery, "127.0.0.1", port, "/ws", use_ssl=context or False,
-                                                    receive_buffer_size=RECEIVE_BYTES)
+                                                    receive_buffer_size=c.BROWSER_READ_BYTES)
         nursery.start_soon(self._read, ws)
 
     async def _read(self, ws) -> None:
