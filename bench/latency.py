@@ -6,7 +6,10 @@ server answers every turn at once, so any time between the model's audio and a c
 daemon's. ``--clients`` WebSocket clients
 (default 3) read everything. Each of N turns (after ``--warmup`` uncounted ones):
 
-1. client 1 sends ``text_input``; every client waits for its first non-silent audio chunk;
+1. a client sends ``text_input`` (each client in turn: the daemon budgets every browser's typing at 600
+   characters a minute, and one client typing a turn a second would be refused after ~90 turns; a
+   refusal, or any ``error``, stops the bench saying so); every client waits for its first non-silent
+   audio chunk;
 2. (a) **model audio -> speech out**: from the server's ``sent_at`` of the turn's first audio message
    (``time.perf_counter()`` once the frame is written to its TLS socket: CLOCK_MONOTONIC, the same clock in
    every process of the machine) to the first non-silent audio chunk arriving at each client: the kernel's
@@ -38,7 +41,7 @@ speech) as the baseline, and the daemon's own histograms from ``GET /metrics`` o
 ``avatard_latency_interrupt_to_silence_seconds``: interrupt -> first silent frame rendered). Goals: (a) and
 (b) p95 <= 10 ms (the daemon's own work on one frame); offline text -> first speech p95 <= 35 ms.
 
-    .venv/bin/python bench/latency.py [--turns 30] [--clients 3] [--warmup 2] [--no-local] [--no-readme]
+    .venv/bin/python bench/latency.py [--turns 300] [--clients 3] [--warmup 2] [--no-local] [--no-readme]
 """
 
 from __future__ import annotations
@@ -175,7 +178,10 @@ async def _reader(bench: Bench, client: Client) -> None:
                     if not silent:
                         view.leaks += 1
                 continue
-            data = json.loads(message).get("data", {})
+            decoded = json.loads(message)
+            data = decoded.get("data", {})
+            if decoded.get("type") == "error":
+                raise RuntimeError(f"the daemon answered a bench client with an error: {data}")
             if "audio_to_frame_ms" in data and view.latency is None:
                 view.latency = data
             if data.get("status") == "interrupted" and view.status_at is None:
@@ -224,7 +230,8 @@ async def _turn(index: int, daemon: c.Daemon, bench: Bench) -> Turn:
     views = [client.view for client in bench.clients]
     turn = Turn(method, time.perf_counter(), views=views)
     text = f"latency turn {index}: please answer"
-    await bench.clients[0].ws.send_message(json.dumps({"type": "text_input", "data": {"text": text}}))
+    sender = bench.clients[index % len(bench.clients)]
+    await sender.ws.send_message(json.dumps({"type": "text_input", "data": {"text": text}}))
     await bench.wait_for(lambda: all(v.speech_at is not None for v in views), TURN_TIMEOUT, f"turn {index}: speech")
     await trio.sleep(random.uniform(*INTERRUPT_DELAY_S))
     await _interrupt(method, daemon, bench, turn)
@@ -478,7 +485,8 @@ def run_speaker(turns: int) -> tuple[list[float], list[float], float | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--turns", type=int, default=30, help="counted turns per brain")
+    parser.add_argument("--turns", type=int, default=300,
+                        help="counted turns per brain (300: a p95 over 900 arrivals; 30 runs vary by +-3 ms on a busy box)")
     parser.add_argument("--clients", type=int, default=3, help="WebSocket clients reading everything")
     parser.add_argument("--warmup", type=int, default=2, help="uncounted turns first (cold caches, first resampler)")
     parser.add_argument("--server-in-process", action="store_true",
@@ -486,7 +494,7 @@ def main() -> None:
     parser.add_argument("--no-local", action="store_true", help="skip the offline-brain baseline")
     parser.add_argument("--speaker-turns", type=int, default=20,
                         help="interrupts of a local-mode daemon's speaker (PulseAudio + Xvfb); 0 skips them")
-    parser.add_argument("--paced-turns", type=int, default=15,
+    parser.add_argument("--paced-turns", type=int, default=60,
                         help="turns against a test server speaking in real time (40 ms chunks 40 ms apart); 0 skips")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     args = parser.parse_args()
