@@ -563,7 +563,8 @@ def main() -> None:
             [f"openings with >= {GAP_SAMPLES} silent samples inside the speech (a gap in a word)", gaps(paced)],
         ])
     print("\n" + "; ".join(f"{r.brain}: rendered {r.status['frames_rendered']}, dropped {r.status['frames_dropped']}, "
-                          f"ticks skipped {r.status['ticks_skipped']}, reconnects {r.status['reconnects']}" for r in runs))
+                          f"ticks skipped {r.status['ticks_skipped']}, idle pictures reused "
+                          f"{r.status.get('pictures_reused', '-')}, reconnects {r.status['reconnects']}" for r in runs))
     print(f"load average after: {c.loadavg()}. (a) goal: {verdict(speech_out(gem))}; "
           f"(b) goal: {verdict(to_silence(gem))}"
           + (f"; offline text -> speech goal: {verdict(end_to_end(local), OFFLINE_TEXT_GOAL_MS)}" if local else ""))

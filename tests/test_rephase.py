@@ -215,3 +215,38 @@ async def test_a_start_short_of_a_frame_goes_out_led_in_once_its_wait_is_over(au
     assert np.array_equal(later[np.flatnonzero(later)[0]:][:3 * spf], speech[short:short + 3 * spf]), \
         "the rest follows on"
     assert (np.diff([f.timestamp for _, f in frames]) > 0).all()
+
+
+async def test_an_idle_frame_whose_follower_is_due_at_once_shows_the_last_picture_again(autojump_clock):
+    # Speech that arrives while a silent frame waits to be drawn makes the next frame due at once: that
+    # silent frame repeats the last picture instead of drawing one that would be replaced within a few ms.
+    avatar = renderer()
+    send, receive = trio.open_memory_channel(1000)
+    frames, handed_out = [], []
+    speech = (np.sin(np.arange(RATE) / 5) * 8000).astype(np.int16)
+    spf = RATE // FPS
+    pushed = []
+
+    async def push_on_the_next_idle_audio():
+        async for item in receive:
+            handed_out.append(item)
+            if isinstance(item, Frame):
+                frames.append(item)
+            elif not pushed and trio.current_time() > 0.5:  # an idle frame's audio is out, its picture is not
+                pushed.append(item.index)
+                assert await avatar.push_audio(speech[:3 * spf])
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(avatar.run, send)
+        nursery.start_soon(push_on_the_next_idle_audio)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    by_index = {f.index: f for f in frames}
+    reused, before, after = by_index[pushed[0]], by_index[pushed[0] - 1], by_index[pushed[0] + 1]
+    assert not reused.audio.any() and reused.image is before.image and reused.mouth == before.mouth
+    assert after.audio.any() and after.image is not reused.image, "the answer's first frame is drawn"
+    assert after.timestamp - reused.timestamp < 0.01 * PERIOD, "and follows at once (the re-phase)"
+    assert avatar.pictures_reused == 1 and avatar.status()["pictures_reused"] == 1
+    idle = [f for f in frames if f.index < pushed[0]]
+    assert len({id(f.image) for f in idle}) == len(idle), "idle frames with no event pending are drawn"
+    assert [f.index for f in frames] == list(range(len(frames))) and all(len(f.audio) == spf for f in frames)

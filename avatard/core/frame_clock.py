@@ -57,6 +57,11 @@ class FrameClock:
         self.skipped = 0
         self.rephased = 0
 
+    @property
+    def due_now(self) -> bool:
+        """A re-phased tick is due now (an event since the last tick): the next frame follows at once."""
+        return self._due_now
+
     def rephase(self, at: float | None = None) -> None:
         """Make the next tick due now (or as soon as the minimum gap allows); the grid continues from it.
         With ``at`` (trio time), due then instead, unless a tick on the grid or another re-phase comes first."""

@@ -56,6 +56,7 @@ class BuiltinRenderer:
         self._speaking = SpeakingTracker(events, latency)
         self.frames_rendered = 0
         self.frames_dropped = 0  # the fan-out did not take a frame in time
+        self.pictures_reused = 0  # idle frames that showed the last picture again: their follower was due at once
         self._clock: FrameClock | None = None
         self.last_frame: Frame | None = None
 
@@ -78,7 +79,8 @@ class BuiltinRenderer:
         return self._speech.generation
 
     def status(self) -> dict:
-        return renderer_status(self, clock_rephased=self._clock.rephased if self._clock else 0)
+        return renderer_status(self, clock_rephased=self._clock.rephased if self._clock else 0,
+                               pictures_reused=self.pictures_reused)
 
     async def push_audio(self, samples: np.ndarray) -> bool:
         """Queue speech (int16, 16 kHz mono). Waits when far ahead; False if an interrupt discarded it.
@@ -197,9 +199,18 @@ class BuiltinRenderer:
         for _ in range(YIELDS_BEFORE_DRAW):
             await trio.lowlevel.checkpoint()
         self._release_producer()
-        image = face.draw(pose, self.width, self.height)
+        last = self.last_frame
+        if not real and last is not None and self._clock.due_now:
+            # Speech (or an interrupt) came while this silent frame waited to be drawn: the re-phased frame
+            # follows at once and replaces its picture within a millisecond or two, so it shows the last
+            # picture again rather than hold the trio thread for a draw (~1.4 ms on a quiet box, ~5 while
+            # the SDK parses an answer's burst on the asyncio thread) in front of the answer's first frame.
+            image, mouth, gesture = last.image, last.mouth, last.gesture
+            self.pictures_reused += 1
+        else:
+            image, mouth, gesture = face.draw(pose, self.width, self.height), pose.mouth, pose.gesture
         frame = Frame(index=index, timestamp=timestamp, image=image, audio=audio, speaking=self.speaking,
-                      generation=generation, mouth=pose.mouth, gesture=pose.gesture)
+                      generation=generation, mouth=mouth, gesture=gesture)
         # Interrupted while yielding: report (and send) it as the sinks will play it, silent.
         frame = silence_if_stale(frame, self._speech.generation)
         self.frames_rendered += 1
