@@ -224,8 +224,8 @@ def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_oth
         url = f"wss://{net.clients[0].server_address}:{PORT}/ws?token={TOKEN}"
         cafile = str(state / self_signed.CERT_FILE)
         viewer = subprocess.Popen(net.clients[0].prefix() + [sys.executable, str(VIEWER), url, "--cafile", cafile,
-                                  "--seconds", "8", "--pli-at", "2"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  "--seconds", "60", "--until-stdin-eof", "--pli-at", "2"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 15
         while daemon.status()["clients"] < 4:
             assert time.monotonic() < deadline and viewer.poll() is None, viewer.communicate()
@@ -233,13 +233,19 @@ def test_several_viewers_and_one_that_loses_its_network_does_not_disturb_the_oth
         refused = subprocess.run(net.clients[0].prefix() + [sys.executable, str(VIEWER), url, "--cafile", cafile,
                                  "--seconds", "1"], capture_output=True, text=True, timeout=30)
         assert refused.returncode != 0 and "1013" in refused.stderr, refused.stderr[-500:]
-        # The viewer's keyframe request (RTCP PLI) reaches the daemon's shared encoder through aiortc.
-        while not any(c.get("webrtc", {}).get("keyframe_requests") for c in daemon.status()["client_list"]):
-            assert viewer.poll() is None, viewer.communicate()
+        # The viewer's keyframe request (RTCP PLI) reaches the daemon's shared encoder through aiortc. The viewer
+        # runs until told (its stdin closed): a fixed run of 8 s once ended, on a loaded box, before the refused
+        # fifth viewer's start-up was over and this loop had looked.
+        deadline = time.monotonic() + 30
+        while True:
+            clients = daemon.status()["client_list"]
+            if any(c.get("webrtc", {}).get("keyframe_requests") for c in clients):
+                break
+            assert time.monotonic() < deadline and viewer.poll() is None, (viewer.communicate(), clients)
             time.sleep(0.2)
-        out, err = viewer.communicate(timeout=30)
+        out, err = viewer.communicate(input="", timeout=30)
         (result,) = json.loads(out)
-        assert result["video_frames"] > 50 and result["audio_samples"] > 0 and result["plis_sent"] == 1, err[-500:]
+        assert result["video_frames"] > 25 and result["audio_samples"] > 0 and result["plis_sent"] == 1, err[-500:]
 
         net.clients[1].down()  # b's network is gone: its UDP goes nowhere, its WebSocket stalls
         control = daemon.control(timeout=30)

@@ -18,6 +18,7 @@ import asyncio
 import json
 import ssl
 import sys
+import threading
 import time
 
 import websockets
@@ -42,7 +43,8 @@ class Viewer:
         self._started = 0.0
         self._tasks: list[asyncio.Task] = []
 
-    async def run(self, seconds: float) -> dict:
+    async def run(self, seconds: float, stop: asyncio.Event | None = None) -> dict:
+        """Receive for ``seconds``, or until ``stop`` is set if that comes first; then the results."""
         async with websockets.connect(self.url, max_size=None, ssl=self.ssl) as ws:
             reader = asyncio.ensure_future(self._read(ws))
             self.pc.addTransceiver("video", direction="recvonly")
@@ -55,7 +57,10 @@ class Viewer:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
             if self.pli_at is not None:
                 self._tasks.append(asyncio.ensure_future(self._send_pli(self.pli_at)))
-            await asyncio.sleep(seconds)
+            try:
+                await asyncio.wait_for((stop or asyncio.Event()).wait(), seconds)
+            except asyncio.TimeoutError:
+                pass
             stats = await self._stats()
             for task in self._tasks + [reader]:
                 task.cancel()
@@ -131,13 +136,19 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--viewers", type=int, default=1)
     parser.add_argument("--pli-at", type=float, help="send one RTCP PLI this many seconds after the answer")
+    parser.add_argument("--until-stdin-eof", action="store_true",
+                        help="stop (and print the results) once stdin is closed, if before --seconds")
     parser.add_argument("--cafile", help="for wss:// URLs: the certificate to trust (the daemon's self-signed one)")
     args = parser.parse_args(argv)
     viewers = [Viewer(args.url, args.pli_at) for _ in range(args.viewers)]
     if args.url.startswith("wss:"):
         for viewer in viewers:
             viewer.ssl = ssl.create_default_context(cafile=args.cafile)
-    results = await asyncio.gather(*(v.run(args.seconds) for v in viewers))
+    stop = asyncio.Event()
+    if args.until_stdin_eof:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True).start()
+    results = await asyncio.gather(*(v.run(args.seconds, stop) for v in viewers))
     print(json.dumps(results))
 
 
