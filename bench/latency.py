@@ -606,7 +606,8 @@ def main() -> None:
     if paced is not None:
         figures.append(("latency: a model speaking in real time -> speech out",
                         f"first speech chunk {stats(speech_out(paced))}; its first speech sample (after the lead-in, "
-                        f"p50 {c.percentile(lead_ins(paced), 50):.1f} ms) {stats(speech_out(paced, lead_in=True))}",
+                        f"p50 {c.percentile(lead_ins(paced), 50):.1f} ms) {stats(speech_out(paced, lead_in=True))}; "
+                        f"openings with a gap in a word: {gaps(paced)}",
                         "- (before the lead-in: chunk p50 44.5 / p95 46.8 ms, no lead-in)"))
     if speaker_ms:
         figures.append(("latency: interrupt -> local speaker silent",
