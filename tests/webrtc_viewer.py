@@ -43,7 +43,7 @@ class Viewer:
         self._started = 0.0
         self._tasks: list[asyncio.Task] = []
 
-    async def run(self, seconds: float, stop: asyncio.Event | None = None) -> dict:
+    async def run(self, seconds: float, stop: asyncio.Event) -> dict:
         """Receive for ``seconds``, or until ``stop`` is set if that comes first; then the results."""
         async with websockets.connect(self.url, max_size=None, ssl=self.ssl) as ws:
             reader = asyncio.ensure_future(self._read(ws))
@@ -58,7 +58,7 @@ class Viewer:
             if self.pli_at is not None:
                 self._tasks.append(asyncio.ensure_future(self._send_pli(self.pli_at)))
             try:
-                await asyncio.wait_for((stop or asyncio.Event()).wait(), seconds)
+                await asyncio.wait_for(stop.wait(), seconds)
             except asyncio.TimeoutError:
                 pass
             stats = await self._stats()
